@@ -1,0 +1,107 @@
+"""Synthetic task suite with exact ground truth, generated from a seed.
+
+Every problem is a prompt string ending in "=" and an answer string. The train/eval split is by a hash
+of the prompt: a problem whose hash falls in the eval bucket is never produced for training, so
+evaluation problems cannot appear in training data whatever the seeds.
+
+Tasks (answers up to 24 characters, so with the default canvas of 32 tokens and block 8 the long ones
+span several blocks):
+- add / sub: multi-digit arithmetic; carries and borrows make answer digits depend on one another,
+  which is exactly where committing many tokens in parallel can go wrong.
+- mul: a multi-digit number times one digit.
+- sort: sort a list of digits.
+- rev: reverse a string of letters (up to 24 letters: several blocks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+Split = Literal["train", "eval"]
+TASKS = ("add", "sub", "mul", "sort", "rev")
+EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
+MAX_ANSWER_CHARS = 24
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str
+    prompt: str
+    answer: str
+
+
+def split_of(prompt: str) -> Split:
+    digest = hashlib.sha256(prompt.encode()).digest()
+    return "eval" if digest[0] % EVAL_BUCKETS == 0 else "train"
+
+
+def _number(rng: random.Random, max_digits: int) -> int:
+    digits = rng.randint(1, max_digits)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    a, b = _number(rng, 4), _number(rng, 4)
+    return f"{a}+{b}=", str(a + b)
+
+
+def _sub(rng: random.Random) -> tuple[str, str]:
+    a, b = _number(rng, 4), _number(rng, 4)
+    a, b = max(a, b), min(a, b)
+    return f"{a}-{b}=", str(a - b)
+
+
+def _mul(rng: random.Random) -> tuple[str, str]:
+    a, b = _number(rng, 3), rng.randint(2, 9)
+    return f"{a}*{b}=", str(a * b)
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    digits = [rng.choice(string.digits) for _ in range(rng.randint(2, 16))]
+    return f"sort:{''.join(digits)}=", "".join(sorted(digits))
+
+
+def _rev(rng: random.Random) -> tuple[str, str]:
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, MAX_ANSWER_CHARS)))
+    return f"rev:{letters}=", letters[::-1]
+
+
+GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "sort": _sort,
+    "rev": _rev,
+}
+
+
+def sample_problem(rng: random.Random, split: Split, tasks: tuple[str, ...] = TASKS) -> Problem:
+    """Draw one problem of the given split (rejection on the prompt hash)."""
+    while True:
+        task = rng.choice(tasks)
+        prompt, answer = GENERATORS[task](rng)
+        if split_of(prompt) == split:
+            return Problem(task, prompt, answer)
+
+
+def make_problems(n: int, seed: int, split: Split = "eval", tasks: tuple[str, ...] = TASKS) -> list[Problem]:
+    """``n`` problems from ``seed``; eval problems are distinct from each other and from training."""
+    rng = random.Random(f"{split}:{seed}")
+    seen: set[str] = set()
+    out: list[Problem] = []
+    while len(out) < n:
+        p = sample_problem(rng, split, tasks)
+        if split == "eval" and p.prompt in seen:
+            continue
+        seen.add(p.prompt)
+        out.append(p)
+    return out
+
+
+def check_answer(problem: Problem, output_text: str) -> bool:
+    """Exact match after stripping surrounding whitespace."""
+    return output_text.strip() == problem.answer
