@@ -1,0 +1,1 @@
+"""Trace-driven discrete-event simulator driving the pure policy code in ``shared.policy``."""
