@@ -65,11 +65,15 @@ class Telemetry:
 
     # --- HTTP ------------------------------------------------------------------------------------
     def instrument_fastapi(self, app: Any, excluded_urls: str = DEFAULT_EXCLUDED_URLS) -> Any:
-        """Server spans for every request (W3C context taken from incoming headers)."""
+        """Server spans for every request (W3C context taken from incoming headers).
+
+        Per-message ASGI send/receive spans are off: an SSE stream would otherwise emit one per chunk.
+        """
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # heavy: import on use
 
         FastAPIInstrumentor.instrument_app(app, tracer_provider=self.tracer_provider,
-                                           meter_provider=self.meter_provider, excluded_urls=excluded_urls)
+                                           meter_provider=self.meter_provider, excluded_urls=excluded_urls,
+                                           exclude_spans=["receive", "send"])
         return app
 
     # --- lifecycle -------------------------------------------------------------------------------
