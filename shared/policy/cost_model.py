@@ -1,0 +1,123 @@
+"""Step-latency cost model (DESIGN §4.1): piecewise-linear in tokens executed, per configuration."""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from pathlib import Path
+
+# LLaDA-8B-Base, block 32, dual cache, one GH200 (DESIGN §5): tokens -> step latency in ms.
+LLADA8B_GH200_TOKENS = (32, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
+LLADA8B_GH200_MS = {
+    "tp1": (26.8, 25.2, 24.5, 27.7, 32.9, 48.3, 62.0, 92.7, 121.4, 177.8, 235.9),
+    "tp2": (37.0, 39.3, 40.2, 41.3, 47.0, 47.2, 46.1, 65.2, 85.0, 124.2, 162.7),
+    "tp4": (24.2, 26.5, 25.9, 26.8, 32.7, 32.6, 33.3, 38.3, 49.6, 71.7, 95.2),
+}
+GPUS_PER_CONFIG = {"tp1": 1, "tp2": 2, "tp4": 4, "tp8": 8}
+
+
+class PiecewiseLinear:
+    """y(x) through sorted points; flat below the first point, last slope beyond the last."""
+
+    __slots__ = ("xs", "ys")
+
+    def __init__(self, points: list[tuple[float, float]]):
+        pts = sorted(points)
+        if not pts:
+            raise ValueError("need at least one point")
+        self.xs = [float(x) for x, _ in pts]
+        self.ys = [float(y) for _, y in pts]
+
+    def segment(self, x: float) -> tuple[int, float]:
+        """Index i of the segment [x_i, x_i+1] holding x and the weight of x_i+1 (clamped >= 0)."""
+        xs = self.xs
+        if len(xs) == 1 or x <= xs[0]:
+            return 0, 0.0
+        i = min(bisect_right(xs, x) - 1, len(xs) - 2)
+        return i, (x - xs[i]) / (xs[i + 1] - xs[i])
+
+    def __call__(self, x: float) -> float:
+        if len(self.xs) == 1:
+            return self.ys[0]
+        i, w = self.segment(x)
+        return self.ys[i] + w * (self.ys[i + 1] - self.ys[i])
+
+
+class CostModel:
+    """``latency(config, tokens)`` in seconds; refits online from measured steps (``observe``)."""
+
+    def __init__(self, curves: dict[str, list[tuple[float, float]]], learning_rate: float = 0.05):
+        self.curves = {name: PiecewiseLinear(pts) for name, pts in curves.items()}
+        self.learning_rate = learning_rate
+
+    @property
+    def configs(self) -> list[str]:
+        return list(self.curves)
+
+    def latency(self, config: str, tokens: float) -> float:
+        return max(1e-6, self.curves[config](tokens))
+
+    def latency_envelope(self, config: str, tokens: float) -> float:
+        """Monotone upper envelope of ``latency``: adding tokens never looks cheaper (placement uses it)."""
+        curve = self.curves[config]
+        i, _ = curve.segment(tokens)
+        prefix = max(curve.ys[: i + 1]) if tokens >= curve.xs[0] else curve.ys[0]
+        return max(prefix, self.latency(config, tokens))
+
+    def observe(self, config: str, tokens: float, latency_s: float) -> None:
+        """Nudge the two points bracketing ``tokens`` toward a measured step (weighted by position)."""
+        curve = self.curves.get(config)
+        if curve is None:
+            self.curves[config] = PiecewiseLinear([(tokens, latency_s)])
+            return
+        err = latency_s - curve(tokens)
+        if len(curve.xs) == 1:
+            curve.ys[0] += self.learning_rate * err
+            return
+        i, w = curve.segment(tokens)
+        w = min(w, 1.0)
+        curve.ys[i] += self.learning_rate * (1.0 - w) * err
+        curve.ys[i + 1] += self.learning_rate * w * err
+
+    def throughput(self, config: str, tokens: float) -> float:
+        """Executed tokens per second when every step carries ``tokens``."""
+        return tokens / self.latency(config, tokens)
+
+    def budget_for(self, config: str, max_step_s: float) -> int:
+        """Largest profiled token count whose step latency stays within ``max_step_s`` (>= first point)."""
+        curve = self.curves[config]
+        best = curve.xs[0]
+        for x, y in zip(curve.xs, curve.ys):
+            if y <= max_step_s:
+                best = x
+        return int(best)
+
+    def copy(self) -> "CostModel":
+        return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate)
+
+    # --- constructors -------------------------------------------------------------------------------
+    @classmethod
+    def llada8b_gh200(cls) -> "CostModel":
+        return cls({cfg: [(t, ms / 1000.0) for t, ms in zip(LLADA8B_GH200_TOKENS, row)]
+                    for cfg, row in LLADA8B_GH200_MS.items()})
+
+    @classmethod
+    def from_profile(cls, data: dict, config: str = "tp1") -> "CostModel":
+        """From ``dilaserve profile`` JSON: refresh and reuse points merged, averaged per token count."""
+        sums: dict[int, list[float]] = {}
+        for p in data.get("points", []):
+            sums.setdefault(int(p["tokens"]), []).append(float(p["latency_s"]))
+        if not sums:
+            raise ValueError("profile has no points")
+        return cls({config: [(t, sum(v) / len(v)) for t, v in sorted(sums.items())]})
+
+    @classmethod
+    def from_profile_json(cls, path: str | Path, config: str = "tp1") -> "CostModel":
+        return cls.from_profile(json.loads(Path(path).read_text()), config)
+
+    @classmethod
+    def named(cls, name: str) -> "CostModel":
+        """``llada8b-gh200`` (built in) or a path to a profile JSON (its config is ``tp1``)."""
+        if name in ("llada8b-gh200", "llada8b_gh200"):
+            return cls.llada8b_gh200()
+        return cls.from_profile_json(name)

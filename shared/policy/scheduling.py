@@ -1,0 +1,279 @@
+"""SchedulerCore (DESIGN §4.2): admission, EDF/FCFS order, placement, block-boundary migration,
+feasibility (reject / queued drop) and the load controller's caps. Pure: the caller passes ``now_s``.
+
+Live use (scheduler service) and the simulator call exactly this:
+``on_arrival`` → ``schedule`` → (workers run) → ``on_progress`` / ``on_finished`` / ``on_instance_update``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from shared.policy.cost_model import CostModel
+from shared.policy.load_control import LoadController, LoadItem
+from shared.policy.step_predictor import StepPredictor
+from shared.policy.threshold import ThresholdParams, allowed_thresholds, refresh_left
+from shared.policy.types import InstanceView, Migration, Placement, Progress, RequestView, SchedulerOutput
+
+
+@dataclass(slots=True, frozen=True)
+class CoreParams:
+    order: str = "edf"  # "fcfs" (arrival order) | "edf" (deadline order)
+    use_priority: bool = True  # priority classes before deadlines
+    migrate: bool = True
+    migrate_gain: float = 0.05  # move only if the step latency drops by at least this fraction
+    drop_expired: bool = False  # drop queued requests that can no longer make their deadline
+    reject_infeasible: bool = False  # refuse at arrival what cannot make its deadline
+    optimism: float = 0.8  # feasibility: fastest solo time × optimism must fit
+    global_slo_s: float | None = None  # one deployment-wide SLO (tedi): overrides per-request deadlines
+    budget_step_s: float = 0.065  # default token budget: most tokens whose step stays under this latency
+    load_control: str = "none"  # "none" | "window" | "deadline"
+    lc_period_s: float = 1.0
+    lc_utilization: float = 0.9  # fraction of peak token throughput the load controller plans with
+    honour_floor: bool = True  # respect each request's min_threshold
+    threshold: ThresholdParams = field(default_factory=ThresholdParams)
+
+
+@dataclass(slots=True)
+class _Req:
+    view: RequestView
+    deadline_s: float  # effective deadline (the global SLO's under tedi)
+    seq: int
+    footprint: float  # expected executed tokens per step
+    progress: Progress = field(default_factory=Progress)
+    instance_id: str | None = None
+    cap: float = 1.0
+    at_boundary: bool = False
+
+
+@dataclass(slots=True)
+class _Inst:
+    view: InstanceView
+    budget: int
+    load: float = 0.0
+    members: dict[str, None] = field(default_factory=dict)  # ordered set of request ids
+
+
+class SchedulerCore:
+    def __init__(self, params: CoreParams, cost: CostModel, predictor: StepPredictor):
+        self.params = params
+        self.cost = cost
+        self.predictor = predictor
+        self.reqs: dict[str, _Req] = {}
+        self.insts: dict[str, _Inst] = {}
+        self._queue: list[tuple[tuple, str]] = []
+        self._queued: set[str] = set()
+        self._boundary: list[str] = []
+        self._rejected: list[str] = []
+        self._seq = 0
+        lc = params.load_control
+        self.load_controller = None if lc == "none" else LoadController(
+            params.threshold.candidates, lc, params.lc_period_s, params.honour_floor)
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    def on_arrival(self, req: RequestView, now_s: float) -> None:
+        deadline = req.deadline_s if self.params.global_slo_s is None else req.arrival_s + self.params.global_slo_s
+        if not self.params.honour_floor and req.min_threshold:
+            req = RequestView(req.request_id, req.arrival_s, req.deadline_s, req.prompt_len, req.output_len,
+                              req.block_len, req.priority, 0.0)
+        r = _Req(req, deadline, self._seq, self._footprint(req))
+        r.cap = self.params.threshold.candidates[0]
+        self._seq += 1
+        if self.params.reject_infeasible and not self.feasible(r, now_s):
+            self._rejected.append(req.request_id)
+            return
+        self.reqs[req.request_id] = r
+        self._enqueue(r)
+
+    def on_instance_update(self, inst: InstanceView, now_s: float) -> None:
+        """Heartbeat: (re)register the instance and refit the cost model and step predictor."""
+        for s in inst.step_samples:
+            self.cost.observe(inst.config, s.tokens, s.latency_s)
+        for t in inst.tps_samples:
+            self.predictor.observe(t.threshold, t.tokens, t.steps)
+        budget = inst.token_budget or self.cost.budget_for(inst.config, self.params.budget_step_s)
+        cur = self.insts.get(inst.instance_id)
+        view = InstanceView(inst.instance_id, inst.config, inst.token_budget, inst.draining)
+        if cur is None:
+            self.insts[inst.instance_id] = _Inst(view, budget)
+        else:
+            cur.view, cur.budget = view, budget
+
+    def on_instance_lost(self, instance_id: str, now_s: float) -> list[str]:
+        """Missed heartbeats: requeue its requests (they resume from their committed blocks)."""
+        inst = self.insts.pop(instance_id, None)
+        if inst is None:
+            return []
+        moved = list(inst.members)
+        for rid in moved:
+            r = self.reqs[rid]
+            r.instance_id = None
+            r.progress.blocks_refreshed = r.progress.committed // r.view.block_len
+            self._enqueue(r)
+        return moved
+
+    def on_progress(self, request_id: str, committed: int, blocks_refreshed: int,
+                    at_block_boundary: bool, now_s: float) -> None:
+        """Worker step stats; ``at_block_boundary``: the current block is done, the next not started."""
+        r = self.reqs.get(request_id)
+        if r is None:
+            return
+        r.progress.committed = committed
+        r.progress.blocks_refreshed = blocks_refreshed
+        if at_block_boundary and not r.at_boundary:
+            r.at_boundary = True
+            self._boundary.append(request_id)
+
+    def on_finished(self, request_id: str, now_s: float) -> None:
+        r = self.reqs.pop(request_id, None)
+        if r is not None and r.instance_id is not None:
+            self._detach(r)
+        self._queued.discard(request_id)
+
+    # --- queries --------------------------------------------------------------------------------------
+    def cap(self, request_id: str) -> float:
+        r = self.reqs.get(request_id)
+        return r.cap if r is not None else self.params.threshold.candidates[0]
+
+    def deadline(self, request_id: str) -> float:
+        return self.reqs[request_id].deadline_s
+
+    def queue_length(self) -> int:
+        return len(self._queued)
+
+    def feasible(self, r: _Req, now_s: float) -> bool:
+        """Could it still finish in time alone on the fastest configuration at its lowest τ (optimistic)?"""
+        floor = r.view.min_threshold if self.params.honour_floor else 0.0
+        tau = allowed_thresholds(self.params.threshold.candidates, 1.0, floor)[-1]
+        masked = r.progress.masked_left(r.view.output_len)
+        n_ref = refresh_left(r.view.num_blocks, r.progress.blocks_refreshed)
+        reuse = max(0.0, self.predictor.steps_left(masked, tau) - n_ref)
+        configs = self._configs()
+        best = min(n_ref * self.cost.latency(c, r.view.full_len) + reuse * self.cost.latency(c, r.view.block_len)
+                   for c in configs) if configs else 0.0
+        return now_s + self.params.optimism * best <= r.deadline_s
+
+    # --- the decision ---------------------------------------------------------------------------------
+    def schedule(self, now_s: float) -> SchedulerOutput:
+        out = SchedulerOutput(rejected=self._rejected)
+        self._rejected = []
+        if self.load_controller is not None and self.load_controller.due(now_s):
+            out.caps = self._load_control(now_s)
+        self._migrate(out)
+        self._place(out, now_s)
+        return out
+
+    # --- internals ------------------------------------------------------------------------------------
+    def _configs(self) -> list[str]:
+        cfgs = sorted({i.view.config for i in self.insts.values()})
+        return cfgs or self.cost.configs
+
+    def _footprint(self, req: RequestView) -> float:
+        """Expected executed tokens per step: B per reuse step, full_len once per block."""
+        f = min(1.0, self.predictor.tokens_per_step(self.params.threshold.candidates[0]) / req.block_len)
+        return req.block_len * (1.0 - f) + req.full_len * f
+
+    def _key(self, r: _Req) -> tuple:
+        if self.params.order == "fcfs":
+            return (r.view.arrival_s, r.seq)
+        prio = -r.view.priority if self.params.use_priority else 0
+        return (prio, r.deadline_s, r.seq)
+
+    def _enqueue(self, r: _Req) -> None:
+        self._queued.add(r.view.request_id)
+        heapq.heappush(self._queue, (self._key(r), r.view.request_id))
+
+    def _attach(self, r: _Req, inst: _Inst) -> None:
+        r.instance_id = inst.view.instance_id
+        inst.members[r.view.request_id] = None
+        inst.load += r.footprint
+
+    def _detach(self, r: _Req) -> None:
+        inst = self.insts.get(r.instance_id or "")
+        if inst is not None:
+            inst.members.pop(r.view.request_id, None)
+            inst.load = max(0.0, inst.load - r.footprint)
+        r.instance_id = None
+
+    def _best_instance(self, footprint: float, exclude: str | None = None) -> tuple[_Inst | None, float]:
+        """Least resulting step latency among instances with room (an empty instance always has room)."""
+        best, best_key = None, None
+        for inst in self.insts.values():
+            if inst.view.draining or inst.view.instance_id == exclude:
+                continue
+            if inst.members and inst.load + footprint > inst.budget:
+                continue
+            lat = self.cost.latency_envelope(inst.view.config, inst.load + footprint)
+            key = (lat, inst.load)
+            if best_key is None or key < best_key:
+                best, best_key = inst, key
+        return best, (best_key[0] if best_key else float("inf"))
+
+    def _place(self, out: SchedulerOutput, now_s: float) -> None:
+        while self._queue:
+            _, rid = self._queue[0]
+            r = self.reqs.get(rid)
+            if r is None or rid not in self._queued or r.instance_id is not None:
+                heapq.heappop(self._queue)  # stale entry
+                continue
+            if self.params.drop_expired and not self.feasible(r, now_s):
+                heapq.heappop(self._queue)
+                self._queued.discard(rid)
+                del self.reqs[rid]
+                out.dropped.append(rid)
+                continue
+            inst, _ = self._best_instance(r.footprint)
+            if inst is None:
+                break  # nothing fits: no overload, wait for capacity
+            heapq.heappop(self._queue)
+            self._queued.discard(rid)
+            self._attach(r, inst)
+            out.placements.append(Placement(rid, inst.view.instance_id, r.cap, r.deadline_s))
+
+    def _migrate(self, out: SchedulerOutput) -> None:
+        boundary, self._boundary = self._boundary, []
+        for rid in boundary:
+            r = self.reqs.get(rid)
+            if r is None or not r.at_boundary or r.instance_id is None:
+                continue
+            r.at_boundary = False  # consumed: the worker starts the next block right after
+            src = self.insts.get(r.instance_id)
+            if src is None:
+                continue
+            draining = src.view.draining
+            if not (draining or self.params.migrate):
+                continue
+            dst, dst_lat = self._best_instance(r.footprint, exclude=r.instance_id)
+            if dst is None:
+                continue
+            src_lat = self.cost.latency_envelope(src.view.config, src.load)
+            if draining or dst_lat < src_lat * (1.0 - self.params.migrate_gain):
+                self._detach(r)
+                self._attach(r, dst)
+                r.at_boundary = False
+                out.migrations.append(Migration(rid, src.view.instance_id, dst.view.instance_id))
+
+    def _load_control(self, now_s: float) -> dict[str, float]:
+        assert self.load_controller is not None
+        items = [self._load_item(r) for r in self.reqs.values()]
+        supply = sum(self.params.lc_utilization * self.cost.throughput(i.view.config, i.budget)
+                     for i in self.insts.values() if not i.view.draining)
+        window = self.params.global_slo_s or self._median_slo()
+        caps = self.load_controller.caps(items, supply, window, now_s, self.predictor)
+        changed = {}
+        for rid, cap in caps.items():
+            r = self.reqs[rid]
+            if r.cap != cap:
+                r.cap = cap
+                changed[rid] = cap
+        return changed
+
+    def _load_item(self, r: _Req) -> LoadItem:
+        v, p = r.view, r.progress
+        return LoadItem(v.request_id, p.masked_left(v.output_len), refresh_left(v.num_blocks, p.blocks_refreshed),
+                        v.full_len, v.block_len, p.committed / max(1, v.output_len), r.deadline_s, v.min_threshold)
+
+    def _median_slo(self) -> float:
+        slos = sorted(r.deadline_s - r.view.arrival_s for r in self.reqs.values())
+        return slos[len(slos) // 2] if slos else 1.0
