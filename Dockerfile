@@ -19,12 +19,11 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
         "torch==${TORCH_VERSION}"
 
 # Dependencies next (from pyproject alone), so code edits do not reinstall them.
-COPY pyproject.toml ./
+COPY pyproject.toml README.md* ./
 RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('torch')))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-COPY README.md* ./
 COPY shared ./shared
 COPY services ./services
 COPY models ./models
