@@ -219,11 +219,24 @@ def test_many_setups_in_one_process_are_independent() -> None:
     b.shutdown()
 
 
-def test_unknown_outcome_is_rejected() -> None:
+def test_unknown_outcome_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     tel = setup_telemetry("gateway", env={})
-    with pytest.raises(ValueError):
-        tel.metrics.request_finished(outcome="done")
+    tel.metrics.request_finished(outcome="done")
+    tel.metrics.request_finished(outcome="done")
+    assert [r.message for r in caplog.records].count(
+        "request_finished: unknown outcome 'done' (expected one of %s)" % (n.OUTCOMES,)) == 1
+    assert b'dilaserve_requests_total{outcome="done"} 2.0' in tel.prometheus_text()[0]
     tel.shutdown()
+
+
+def test_busy_metrics_port_does_not_break_setup() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        tel = setup_telemetry("worker", env={"DILASERVE_METRICS_PORT": str(port), "DILASERVE_METRICS_HOST": "127.0.0.1"})
+        tel.metrics.queue_depth(1)
+        tel.shutdown()
 
 
 def test_config_from_env() -> None:

@@ -116,7 +116,10 @@ def setup_telemetry(service: str, env: Mapping[str, str] | None = None, *,
     if set_global:
         _set_globals_once(tel)
     if cfg.metrics_port is not None:
-        tel.serve_metrics(cfg.metrics_port, cfg.metrics_host)
+        try:
+            tel.serve_metrics(cfg.metrics_port, cfg.metrics_host)
+        except OSError:  # e.g. several local processes sharing one env: keep serving, just unscraped
+            log.warning("cannot serve metrics on %s:%s", cfg.metrics_host, cfg.metrics_port, exc_info=True)
     log.info("telemetry for %s: traces=%s metrics=%s ratio=%.3g", service,
              cfg.traces_endpoint or "off", cfg.metrics_endpoint or "off", cfg.sample_ratio)
     return tel

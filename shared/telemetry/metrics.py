@@ -7,6 +7,7 @@ Keeping a private registry per Telemetry object lets tests create many in one pr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ import prometheus_client as prom
 from opentelemetry.metrics import Meter
 
 from shared.telemetry import names as n
+
+log = logging.getLogger(__name__)
 
 
 class _Dual:
@@ -63,6 +66,7 @@ class ServiceMetrics:
 
     def __init__(self, meter: Meter, registry: prom.CollectorRegistry) -> None:
         self._m = {spec.name: _Dual(spec, meter, registry) for spec in n.ALL_METRICS}
+        self._warned: set[str] = set()
 
     def _get(self, spec: n.MetricSpec) -> _Dual:
         return self._m[spec.name]
@@ -70,9 +74,14 @@ class ServiceMetrics:
     # --- gateway / scheduler -------------------------------------------------------------------
     def request_finished(self, outcome: str, slo_met: bool | None = None,
                          latency_s: float | None = None, queue_s: float | None = None) -> None:
-        """One finished request; `slo_met` None means it carried no SLO (not counted in attainment)."""
-        if outcome not in n.OUTCOMES:
-            raise ValueError(f"outcome must be one of {n.OUTCOMES}, got {outcome!r}")
+        """One finished request; `slo_met` None means it carried no SLO (not counted in attainment).
+
+        An outcome outside names.OUTCOMES is a caller bug, but metrics must never break a request path:
+        it is logged once and still counted under its own label, where the dashboard shows it.
+        """
+        if outcome not in n.OUTCOMES and outcome not in self._warned:
+            self._warned.add(outcome)
+            log.warning("request_finished: unknown outcome %r (expected one of %s)", outcome, n.OUTCOMES)
         self._get(n.REQUESTS).add(1, outcome=outcome)
         if slo_met is not None:
             self._get(n.SLO).add(1, met=str(bool(slo_met)).lower())
