@@ -305,3 +305,11 @@ def test_instrument_fastapi_server_spans_continue_remote_trace() -> None:
     assert spans[0].kind is trace.SpanKind.SERVER
     assert format(spans[0].context.trace_id, "032x") == trace_id
     tel.shutdown()
+
+
+def test_observability_doc_lists_every_metric() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
+    for spec in n.ALL_METRICS:
+        assert f"`{spec.exposed_names()[0].removesuffix('_bucket')}`" in doc, spec.name
