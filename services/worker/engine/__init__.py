@@ -7,6 +7,7 @@ from services.worker.engine.batch_engine import (
     StepOutput,
     new_state,
     output_ids,
+    rewind_to_block_start,
 )
 from services.worker.engine.runner import RunStats, run_to_completion
 
@@ -17,6 +18,7 @@ __all__ = [
     "StepOutput",
     "new_state",
     "output_ids",
+    "rewind_to_block_start",
     "RunStats",
     "run_to_completion",
 ]

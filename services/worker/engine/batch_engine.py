@@ -283,6 +283,17 @@ def new_state(
     )
 
 
+def rewind_to_block_start(state: DecodeState) -> DecodeState:
+    """The state as it was at the start of its current block: what a block checkpoint holds.
+
+    Resuming from it reproduces the uninterrupted greedy output exactly, whatever the cache mode:
+    the first step on the new worker is the same refresh the block started with.
+    """
+    lo = state.block_index * state.block_length
+    canvas = state.canvas_ids[:lo] + [state.mask_token_id] * (len(state.canvas_ids) - lo)
+    return msgspec.structs.replace(state, prompt_ids=list(state.prompt_ids), canvas_ids=canvas, block_step=0)
+
+
 def output_ids(state: DecodeState, eos_token_id: int) -> list[int]:
     """The canvas up to (not including) the first EOS — what the gateway returns as text."""
     out = []

@@ -1,0 +1,172 @@
+"""`dilaserve eval`: accuracy and speed of every decoding configuration on fresh task-suite problems.
+
+All configurations run through the batch engine with continuous batching at the same batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
+from services.worker.model import default_model_dir, load_model, load_tokenizer
+from shared.tasks import Problem, check_answer, make_problems
+
+THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5)
+CACHES = ("none", "prefix", "dual")
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    decoding: str  # strict | fixed | threshold
+    cache: str
+    threshold: float | None = None
+    tokens_per_step: int = 1  # fixed schedule: canvas tokens per step (steps budget = canvas / this)
+
+    @property
+    def label(self) -> str:
+        if self.decoding == "threshold":
+            return f"threshold τ={self.threshold} cache={self.cache}"
+        if self.decoding == "fixed":
+            return f"fixed k={self.tokens_per_step} cache={self.cache}"
+        return f"strict cache={self.cache}"
+
+
+def eval_specs(fixed_tokens_per_step: int) -> list[DecodeSpec]:
+    specs = [DecodeSpec("strict", "none"), DecodeSpec("fixed", "none", tokens_per_step=fixed_tokens_per_step)]
+    specs += [DecodeSpec("threshold", c, t) for t in THRESHOLDS for c in CACHES]
+    return specs
+
+
+def build_states(problems: list[Problem], tokenizer, spec: DecodeSpec, max_tokens: int, block_length: int, mask_id: int):
+    steps_per_block = max(1, block_length // spec.tokens_per_step)
+    states = []
+    for i, p in enumerate(problems):
+        ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        states.append(
+            new_state(
+                f"p{i}",
+                ids,
+                max_tokens,
+                mask_id,
+                block_length,
+                threshold=spec.threshold or 1.0,
+                decoding=spec.decoding,
+                steps_per_block=steps_per_block if spec.decoding == "fixed" else 0,
+            )
+        )
+    return states
+
+
+def run_spec(model, tokenizer, problems: list[Problem], spec: DecodeSpec, args: argparse.Namespace) -> dict:
+    """Decode every problem with one configuration; returns one `results` entry."""
+    from tqdm import tqdm
+
+    engine = DenoisingEngine(model, cache_mode=spec.cache)  # type: ignore[arg-type]
+    states = build_states(problems, tokenizer, spec, args.max_tokens, args.block_length, engine.mask_token_id)
+    with tqdm(total=len(states), desc=spec.label, leave=False, mininterval=2) as bar:
+        t0 = time.perf_counter()
+        stats = run_to_completion(engine, states, max_batch=args.batch_size, progress=bar)
+        wall_s = time.perf_counter() - t0
+    correct = 0
+    by_task: dict[str, list[int]] = {}
+    total_steps = 0
+    for i, p in enumerate(problems):
+        st = stats.finished[f"p{i}"]
+        text = tokenizer.decode(output_ids(st, engine.eos_token_id))
+        ok = check_answer(p, text)
+        correct += ok
+        by_task.setdefault(p.task, []).append(int(ok))
+        total_steps += st.num_steps
+    canvas_tokens = len(problems) * args.max_tokens
+    return {
+        "decoding": spec.decoding,
+        "threshold": spec.threshold,
+        "cache": spec.cache,
+        "accuracy": correct / len(problems),
+        "tokens_per_step": canvas_tokens / total_steps,
+        "steps_per_request": total_steps / len(problems),
+        "tokens_per_s": canvas_tokens / wall_s,
+        "refresh_steps": stats.refresh_steps,
+        "reuse_steps": stats.reuse_steps,
+        "wall_s": wall_s,
+        "accuracy_by_task": {k: sum(v) / len(v) for k, v in sorted(by_task.items())},
+    }
+
+
+def load(args: argparse.Namespace):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device)
+    tokenizer = load_tokenizer(args.model)
+    return model, tokenizer
+
+
+def add_common_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
+    p.add_argument("--model", default=str(default_model_dir()), help="local model directory")
+    p.add_argument("--n", type=int, default=n_default, help="number of fresh evaluation problems")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", required=True, help="output JSON file")
+    p.add_argument("--batch-size", type=int, default=32, help="requests in flight (continuous batching)")
+    p.add_argument("--max-tokens", type=int, default=32, help="canvas length")
+    p.add_argument("--block-length", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p, n_default=1000)
+    p.add_argument("--plot", default=None, help="PNG: accuracy against tokens per step")
+    p.add_argument("--fixed-tokens-per-step", type=int, default=2, help="fixed-schedule baseline: k tokens per step")
+
+
+def write_json(path: str, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def plot_tradeoff(results: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for cache, marker in zip(CACHES, "osD"):
+        pts = [r for r in results if r["decoding"] == "threshold" and r["cache"] == cache]
+        ax.plot([r["tokens_per_step"] for r in pts], [r["accuracy"] for r in pts], marker=marker, label=f"threshold, cache={cache}")
+        for r in pts:
+            ax.annotate(f"{r['threshold']}", (r["tokens_per_step"], r["accuracy"]), fontsize=7)
+    for r in results:
+        if r["decoding"] != "threshold":
+            ax.scatter([r["tokens_per_step"]], [r["accuracy"]], marker="x", s=60, label=f"{r['decoding']} (cache={r['cache']})")
+    ax.set_xlabel("committed tokens per step")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    model, tokenizer = load(args)
+    problems = make_problems(args.n, args.seed, "eval")
+    results = []
+    for spec in eval_specs(args.fixed_tokens_per_step):
+        entry = run_spec(model, tokenizer, problems, spec, args)
+        print(f"{spec.label:40s} acc={entry['accuracy']:.3f} tok/step={entry['tokens_per_step']:.2f} tok/s={entry['tokens_per_s']:.0f}", flush=True)
+        results.append(entry)
+    payload = {"n": args.n, "seed": args.seed, "model": str(args.model), "max_tokens": args.max_tokens, "block_length": args.block_length, "batch_size": args.batch_size, "device": args.device, "results": results}
+    write_json(args.json, payload)
+    if args.plot:
+        plot_tradeoff(results, args.plot, f"{Path(args.model).name}: {args.n} problems, seed {args.seed}")
+    print(f"wrote {args.json}")
+    return 0
