@@ -26,6 +26,7 @@ class CoreParams:
     drop_expired: bool = False  # drop queued requests that can no longer make their deadline
     reject_infeasible: bool = False  # refuse at arrival what cannot make its deadline
     optimism: float = 0.8  # feasibility: fastest solo time × optimism must fit
+    place_safety: float = 1.1  # drop at placement if expected time there × this misses the deadline
     global_slo_s: float | None = None  # one deployment-wide SLO (tedi): overrides per-request deadlines
     budget_step_s: float = 0.065  # default token budget: most tokens whose step stays under this latency
     load_control: str = "none"  # "none" | "window" | "deadline"
@@ -169,10 +170,22 @@ class SchedulerCore:
         cfgs = sorted({i.view.config for i in self.insts.values()})
         return cfgs or self.cost.configs
 
-    def _footprint(self, req: RequestView) -> float:
-        """Expected executed tokens per step: B per reuse step, full_len once per block."""
-        f = min(1.0, self.predictor.tokens_per_step(self.params.threshold.candidates[0]) / req.block_len)
+    def _footprint(self, req: RequestView, cap: float | None = None) -> float:
+        """Expected executed tokens per step at the τ it will run (fixed τ, else its cap): B per reuse
+        step plus full_len once per block (a block takes B / tokens_per_step(τ) steps)."""
+        th = self.params.threshold
+        tau = max(th.fixed, req.min_threshold) if th.mode == "fixed" else (cap or th.candidates[0])
+        f = min(1.0, self.predictor.tokens_per_step(tau) / req.block_len)
         return req.block_len * (1.0 - f) + req.full_len * f
+
+    def _set_cap(self, r: _Req, cap: float) -> None:
+        """New cap → new footprint; keep the instance's load in step."""
+        r.cap = cap
+        fp = self._footprint(r.view, cap)
+        inst = self.insts.get(r.instance_id or "")
+        if inst is not None:
+            inst.load = max(0.0, inst.load + fp - r.footprint)
+        r.footprint = fp
 
     def _key(self, r: _Req) -> tuple:
         if self.params.order == "fcfs":
@@ -218,18 +231,31 @@ class SchedulerCore:
                 heapq.heappop(self._queue)  # stale entry
                 continue
             if self.params.drop_expired and not self.feasible(r, now_s):
-                heapq.heappop(self._queue)
-                self._queued.discard(rid)
-                del self.reqs[rid]
-                out.dropped.append(rid)
+                self._drop(rid, out)
                 continue
-            inst, _ = self._best_instance(r.footprint)
+            inst, lat = self._best_instance(r.footprint)
             if inst is None:
                 break  # nothing fits: no overload, wait for capacity
+            if self.params.drop_expired and not self._fits_deadline(r, lat, now_s):
+                self._drop(rid, out)
+                continue
             heapq.heappop(self._queue)
             self._queued.discard(rid)
             self._attach(r, inst)
             out.placements.append(Placement(rid, inst.view.instance_id, r.cap, r.deadline_s))
+
+    def _drop(self, rid: str, out: SchedulerOutput) -> None:
+        heapq.heappop(self._queue)
+        self._queued.discard(rid)
+        del self.reqs[rid]
+        out.dropped.append(rid)
+
+    def _fits_deadline(self, r: _Req, step_s: float, now_s: float) -> bool:
+        """Expected time at the lowest allowed τ, every step at ``step_s``, × place_safety fits?"""
+        floor = r.view.min_threshold if self.params.honour_floor else 0.0
+        tau = allowed_thresholds(self.params.threshold.candidates, 1.0, floor)[-1]
+        steps = self.predictor.steps_left(r.progress.masked_left(r.view.output_len), tau)
+        return now_s + self.params.place_safety * steps * step_s <= r.deadline_s
 
     def _migrate(self, out: SchedulerOutput) -> None:
         boundary, self._boundary = self._boundary, []
@@ -265,7 +291,7 @@ class SchedulerCore:
         for rid, cap in caps.items():
             r = self.reqs[rid]
             if r.cap != cap:
-                r.cap = cap
+                self._set_cap(r, cap)
                 changed[rid] = cap
         return changed
 

@@ -1,0 +1,190 @@
+"""Discrete-event simulation of one policy on one workload and cluster layout (virtual clock).
+
+Events: arrivals, per-instance step ends, and a 1 s tick (load control, drops, heartbeats when idle).
+After each event the simulator calls ``SchedulerCore.schedule(now)`` and applies its output exactly as
+the scheduler service would publish it: placements, migrations at block boundaries, caps, drops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from shared.policy.cost_model import GPUS_PER_CONFIG, CostModel
+from shared.policy.policies import make_core
+from shared.policy.quality import QualityModel
+from shared.policy.scheduling import SchedulerCore
+from shared.policy.step_predictor import StepPredictor
+from shared.policy.types import InstanceView, RequestView, SchedulerOutput
+from shared.sim.instance import SimInstance, SimReq
+from shared.sim.workload import SimRequest
+
+ARRIVAL, STEP_END, TICK = 0, 1, 2
+TICK_S = 1.0
+
+
+def parse_layout(layout: str, gpus: int) -> list[str]:
+    """``tp1``/``tp2``/``tp4``: all instances of one degree; ``mixed``: ½ TP1, ¼ TP2, ¼ TP4 GPUs;
+    or explicit ``tp1:8,tp2:2,tp4:1`` (instance counts). Returns one config name per instance."""
+    if layout in GPUS_PER_CONFIG:
+        return [layout] * max(1, gpus // GPUS_PER_CONFIG[layout])
+    if layout == "mixed":
+        n4, n2 = gpus // 16, gpus // 8
+        n1 = gpus - 4 * n4 - 2 * n2
+        return ["tp1"] * n1 + ["tp2"] * n2 + ["tp4"] * n4
+    out: list[str] = []
+    for part in layout.split(","):
+        name, count = part.split(":")
+        out += [name.strip()] * int(count)
+    return out
+
+
+@dataclass(slots=True)
+class SimResult:
+    policy: str
+    requests: list[SimReq]
+    end_s: float
+    tau_timeline: list[tuple[float, float]] = field(default_factory=list)  # (second, token-weighted mean τ)
+
+
+class Simulator:
+    def __init__(self, policy: str, requests: list[SimRequest], configs: list[str], cost_name: str,
+                 seed: int, block_len: int = 32, global_slo_s: float | None = None,
+                 quality: QualityModel | None = None, truth_tps: dict[float, float] | None = None,
+                 max_drain_s: float = 600.0, **policy_kwargs):
+        self.policy = policy
+        self.truth = CostModel.named(cost_name)
+        self.truth_tps = StepPredictor(truth_tps)
+        self.core: SchedulerCore = make_core(policy, CostModel.named(cost_name), StepPredictor(truth_tps),
+                                             global_slo_s=global_slo_s, **policy_kwargs)
+        self.quality = (quality or QualityModel()).accuracy
+        self.rng = random.Random(seed)
+        self.specs = requests
+        self.block_len = block_len
+        self.max_drain_s = max_drain_s
+        self.insts = [SimInstance(f"i{k:02d}-{c}", c, k) for k, c in enumerate(configs)]
+        self.by_id = {i.instance_id: i for i in self.insts}
+        self.reqs: dict[str, SimReq] = {}
+        self.events: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+        self._tau_bins: dict[int, list[float]] = {}
+
+    def _push(self, t: float, kind: int, arg: int) -> None:
+        heapq.heappush(self.events, (t, self._seq, kind, arg))
+        self._seq += 1
+
+    def run(self) -> SimResult:
+        for inst in self.insts:
+            self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), 0.0)
+        for k, spec in enumerate(self.specs):
+            self._push(spec.arrival_s, ARRIVAL, k)
+        self._push(0.0, TICK, 0)
+        last_arrival = self.specs[-1].arrival_s if self.specs else 0.0
+        now, done = 0.0, 0
+        while self.events:
+            now, _, kind, arg = heapq.heappop(self.events)
+            if kind == ARRIVAL:
+                self._arrive(self.specs[arg], now)
+            elif kind == STEP_END:
+                self._step_end(self.insts[arg], now)
+            else:
+                self._tick(now, last_arrival)
+                continue
+            self._apply(self.core.schedule(now), now)
+        for r in self.reqs.values():
+            if r.outcome == "pending":
+                r.outcome = "unfinished"
+        timeline = [(float(s), v[0] / v[1]) for s, v in sorted(self._tau_bins.items()) if v[1] > 0]
+        return SimResult(self.policy, list(self.reqs.values()), now, timeline)
+
+    # --- events ---------------------------------------------------------------------------------------
+    def _arrive(self, spec: SimRequest, now: float) -> None:
+        r = SimReq(spec.request_id, spec.arrival_s, spec.arrival_s + spec.slo_s, spec.prompt_len,
+                   spec.output_len, self.block_len, spec.min_threshold)
+        self.reqs[r.request_id] = r
+        self.core.on_arrival(RequestView(r.request_id, r.arrival_s, r.true_deadline_s, r.prompt_len,
+                                         r.output_len, self.block_len, spec.priority, spec.min_threshold), now)
+
+    def _step_end(self, inst: SimInstance, now: float) -> None:
+        stepped = inst.in_step
+        boundary, finished = inst.end_step(self.rng, self.truth_tps, self.quality)
+        self._record_tau(stepped, now)
+        for r in finished:
+            r.finish_s, r.outcome = now, "finished"
+            self.core.on_finished(r.request_id, now)
+        for r in boundary:
+            if r.move_to is not None:
+                self._move(r, inst, r.move_to, now)
+            else:
+                self.core.on_progress(r.request_id, r.committed, r.blocks_refreshed, True, now)
+        if now >= inst.next_heartbeat_s:
+            self._heartbeat(inst, now)
+        self._pending_restart = inst
+
+    def _tick(self, now: float, last_arrival: float) -> None:
+        busy = any(i.members for i in self.insts) or self.core.queue_length() > 0
+        if not busy and now > last_arrival:
+            return  # nothing left to do; no more ticks
+        if now > last_arrival + self.max_drain_s:
+            return  # give up on what is left (reported as unfinished)
+        self._apply(self.core.schedule(now), now)
+        self._push(now + TICK_S, TICK, 0)
+
+    def _heartbeat(self, inst: SimInstance, now: float) -> None:
+        steps, tps = inst.take_samples()
+        self.core.on_instance_update(InstanceView(inst.instance_id, inst.config, 0, False, steps, tps), now)
+        inst.next_heartbeat_s = now + TICK_S
+
+    # --- applying the scheduler's decisions ------------------------------------------------------------
+    def _apply(self, out: SchedulerOutput, now: float) -> None:
+        for rid in out.rejected:
+            self.reqs[rid].outcome = "rejected"
+        for rid in out.dropped:
+            self.reqs[rid].outcome = "dropped"
+        for rid, cap in out.caps.items():
+            self.reqs[rid].cap = cap
+        for m in out.migrations:
+            r, src, dst = self.reqs[m.request_id], self.by_id[m.src_instance_id], self.by_id[m.dst_instance_id]
+            if src.busy and r in src.in_step:
+                r.move_to = dst  # the source already started its next step: move at its end
+            else:
+                self._move(r, src, dst, now)
+        for p in out.placements:
+            r = self.reqs[p.request_id]
+            r.cap, r.deadline_s = p.cap, p.deadline_s
+            if r.placed_s is None:
+                r.placed_s = now
+            self.by_id[p.instance_id].members[r.request_id] = r
+        restart = getattr(self, "_pending_restart", None)
+        self._pending_restart = None
+        if restart is not None:
+            self._start(restart, now)
+        for p in out.placements:
+            self._start(self.by_id[p.instance_id], now)
+        for m in out.migrations:
+            self._start(self.by_id[m.dst_instance_id], now)
+
+    def _move(self, r: SimReq, src: SimInstance, dst: SimInstance, now: float) -> None:
+        src.members.pop(r.request_id, None)
+        dst.members[r.request_id] = r
+        r.move_to = None
+
+    def _start(self, inst: SimInstance, now: float) -> None:
+        if inst.busy or not inst.members:
+            return
+        lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold)
+        self._push(now + lat, STEP_END, inst.index)
+
+    def _record_tau(self, stepped: list[SimReq], now: float) -> None:
+        if not stepped:
+            return
+        b = self._tau_bins.setdefault(int(now), [0.0, 0.0])
+        for r in stepped:
+            b[0] += r.tau
+            b[1] += 1.0
+
+
+def simulate(policy: str, requests: list[SimRequest], configs: list[str], cost_name: str, seed: int,
+             **kwargs) -> SimResult:
+    return Simulator(policy, requests, configs, cost_name, seed, **kwargs).run()

@@ -1,0 +1,117 @@
+"""A simulated worker instance: continuous step-level batching, refresh/reuse steps, per-request τ.
+
+The τ choice is ``shared.policy.threshold.choose_threshold`` (the worker's own function). Step latency
+comes from the ground-truth cost model; tokens committed per step are drawn around the ground-truth
+tokens-per-step of the chosen τ (integer part plus a Bernoulli on the fraction), capped by the block.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from shared.policy.cost_model import CostModel
+from shared.policy.step_predictor import StepPredictor
+from shared.policy.threshold import ThresholdParams, batch_cost, choose_threshold, planning_deadline_left
+from shared.policy.types import StepSample, TpsSample
+
+
+@dataclass(slots=True, eq=False)
+class SimReq:
+    request_id: str
+    arrival_s: float
+    true_deadline_s: float
+    prompt_len: int
+    output_len: int
+    block_len: int
+    min_threshold: float
+    deadline_s: float = 0.0  # the one the policy plans against (from the placement)
+    cap: float = 1.0
+    committed: int = 0
+    block_done: int = 0  # committed tokens in the current block
+    blocks_refreshed: int = 0
+    needs_refresh: bool = True
+    tau: float = 0.9
+    tau_tokens: float = 0.0  # Σ τ × tokens committed at τ
+    acc_tokens: float = 0.0  # Σ accuracy(τ) × tokens
+    refresh_steps: int = 0
+    reuse_steps: int = 0
+    placed_s: float | None = None
+    finish_s: float | None = None
+    outcome: str = "pending"  # pending | finished | dropped | rejected
+    move_to: "SimInstance | None" = None  # deferred migration (if the source was mid-step)
+
+    @property
+    def full_len(self) -> int:
+        return self.prompt_len + self.output_len
+
+
+@dataclass(slots=True, eq=False)
+class SimInstance:
+    instance_id: str
+    config: str
+    index: int
+    members: dict[str, SimReq] = field(default_factory=dict)
+    in_step: list[SimReq] = field(default_factory=list)
+    busy: bool = False
+    step_samples: list[StepSample] = field(default_factory=list)
+    tps: dict[float, list[int]] = field(default_factory=dict)  # τ -> [tokens, steps] since last heartbeat
+    next_heartbeat_s: float = 0.0
+
+    def start_step(self, now_s: float, cost: CostModel, truth: CostModel, predictor: StepPredictor,
+                   params: ThresholdParams) -> float:
+        """Choose τ for everyone and return the step's latency (the caller schedules its end)."""
+        batch = list(self.members.values())
+        n, block = len(batch), batch[0].block_len
+        full_sum = sum(r.full_len for r in batch)
+        tokens = sum(r.full_len if r.needs_refresh else r.block_len for r in batch)
+        bc = batch_cost(cost, self.config, full_sum, n, block)
+        for r in batch:
+            r.tau = choose_threshold(
+                masked_left=r.output_len - r.committed,
+                n_refresh=-(-r.output_len // r.block_len) - r.blocks_refreshed,
+                deadline_left_s=planning_deadline_left(r.arrival_s, r.deadline_s, now_s, params.margin),
+                cap=r.cap, min_threshold=r.min_threshold, batch=bc, predictor=predictor, params=params)
+        latency = truth.latency(self.config, tokens)
+        self.step_samples.append(StepSample(tokens, latency))
+        self.in_step = batch
+        self.busy = True
+        return latency
+
+    def end_step(self, rng: random.Random, truth_tps: StepPredictor, quality) -> tuple[list[SimReq], list[SimReq]]:
+        """Commit tokens; returns (requests now at a block boundary, finished requests)."""
+        boundary, finished = [], []
+        for r in self.in_step:
+            mean = truth_tps.tokens_per_step(r.tau)
+            k = int(mean) + (1 if rng.random() < mean - int(mean) else 0)
+            k = max(1, min(k, r.block_len - r.block_done, r.output_len - r.committed))
+            if r.needs_refresh:
+                r.refresh_steps += 1
+                r.blocks_refreshed += 1
+                r.needs_refresh = False
+            else:
+                r.reuse_steps += 1
+            r.committed += k
+            r.block_done += k
+            r.tau_tokens += r.tau * k
+            r.acc_tokens += quality(r.tau) * k
+            stat = self.tps.setdefault(r.tau, [0, 0])
+            stat[0] += k
+            stat[1] += 1
+            if r.committed >= r.output_len:
+                finished.append(r)
+            elif r.block_done >= r.block_len:
+                r.block_done = 0
+                r.needs_refresh = True
+                boundary.append(r)
+        for r in finished:
+            del self.members[r.request_id]
+        self.in_step = []
+        self.busy = False
+        return boundary, finished
+
+    def take_samples(self) -> tuple[list[StepSample], list[TpsSample]]:
+        steps, self.step_samples = self.step_samples, []
+        tps = [TpsSample(t, v[0], v[1]) for t, v in sorted(self.tps.items())]
+        self.tps = {}
+        return steps, tps
