@@ -1,0 +1,109 @@
+"""``dilaserve simulate``: replay a trace (or a generated workload) through every policy side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from shared.policy.policies import POLICY_NAMES
+from shared.policy.quality import QualityModel
+from shared.sim.workload import LengthScaling, parse_slo_mix
+
+
+def _floats(spec: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in spec.split(",") if x.strip())
+
+
+def _sweep(spec: str) -> list[float]:
+    a, b, n = spec.split(":")
+    lo, hi, k = float(a), float(b), int(n)
+    return [lo] if k <= 1 else [lo + (hi - lo) * i / (k - 1) for i in range(k)]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", default="azure_conv",
+                   help="azure_conv | azure_code | poisson | gamma | path to a CSV/JSONL with timestamp/input/output")
+    p.add_argument("--gpus", type=int, default=16)
+    p.add_argument("--layout", default="tp1", help="tp1 | tp2 | tp4 | mixed | explicit tp1:8,tp2:2,tp4:1")
+    p.add_argument("--config", default="llada8b-gh200", help="llada8b-gh200 or a `dilaserve profile` JSON")
+    p.add_argument("--policies", default=",".join(POLICY_NAMES))
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--rps", type=float, default=None, help="mean request rate (default: the trace's own)")
+    rate.add_argument("--sweep-rps", default=None, metavar="A:B:N", help="N rates from A to B")
+    p.add_argument("--sweep-slo", default=None, metavar="A:B:N", help="N SLO scales from A to B (at --rps)")
+    p.add_argument("--slo-scale", type=float, default=None,
+                   help="SLO = scale × base latency (default 5; with --slo-mix, multiplies each class, default 1)")
+    p.add_argument("--slo-mix", default=None, metavar="SPEC",
+                   help="SLO classes name:fraction:multiplier[:priority[:min_tau]],… e.g. interactive:0.3:2:1,batch:0.7:6")
+    p.add_argument("--base-latency", type=float, default=None,
+                   help="base latency in s (default: median request alone on TP1 at the top τ)")
+    p.add_argument("--duration", type=float, default=120.0, help="simulated seconds of arrivals (0: whole trace)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--block-len", type=int, default=32)
+    p.add_argument("--prompt-scale", type=float, default=0.25, help="trace prompt lengths are multiplied by this")
+    p.add_argument("--max-prompt", type=int, default=1024)
+    p.add_argument("--keep-output", action="store_true", help="use the trace's output lengths (≤ --output-len)")
+    p.add_argument("--burst-cv", type=float, default=4.0, help="gamma generator: coefficient of variation of gaps")
+    p.add_argument("--thresholds", default="0.9,0.8,0.7,0.6,0.5")
+    p.add_argument("--fixed-threshold", type=float, default=0.9)
+    p.add_argument("--tedi-slo", choices=("mean", "min"), default="mean",
+                   help="tedi's single SLO under a class mix: traffic-weighted mean or the tightest")
+    p.add_argument("--no-drop", action="store_true", help="dilaserve keeps hopeless queued requests")
+    p.add_argument("--quality", default=None, help="accuracy-vs-τ JSON (default: LLaDA anchors, see docs)")
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--plot", default=None, help="write PNG plots into this directory")
+
+
+def build_spec(args: argparse.Namespace):
+    from shared.sim.runner import SimSpec
+    return SimSpec(
+        trace=args.trace, gpus=args.gpus, layout=args.layout, config=args.config,
+        policies=tuple(x.strip() for x in args.policies.split(",") if x.strip()),
+        duration_s=args.duration or None, seed=args.seed,
+        scaling=LengthScaling(args.output_len, args.block_len, args.prompt_scale, 16, args.max_prompt,
+                              args.keep_output),
+        classes=parse_slo_mix(args.slo_mix), base_latency_s=args.base_latency, burst_cv=args.burst_cv,
+        candidates=_floats(args.thresholds), fixed_threshold=args.fixed_threshold, tedi_slo=args.tedi_slo,
+        drop=not args.no_drop, quality=QualityModel.from_json(args.quality) if args.quality else None)
+
+
+def sweep_points(args: argparse.Namespace) -> tuple[list[tuple[float | None, float]], str | None]:
+    scale = args.slo_scale if args.slo_scale is not None else (1.0 if args.slo_mix else 5.0)
+    if args.sweep_slo:
+        return [(args.rps, s) for s in _sweep(args.sweep_slo)], "slo"
+    if args.sweep_rps:
+        return [(r, scale) for r in _sweep(args.sweep_rps)], "rps"
+    return [(args.rps, scale)], None
+
+
+def _print_point(point: dict) -> None:
+    print(f"rps {point['rps']:.2f}  slo_scale {point['slo_scale']:g}  requests {point['requests']}")
+    cols = ("slo_attainment", "goodput_rps", "latency_p50_s", "latency_p90_s", "latency_p99_s",
+            "mean_latency_s", "mean_threshold", "est_accuracy", "dropped")
+    print("  " + f"{'policy':<10}" + "".join(f"{c[:14]:>15}" for c in cols))
+    for name, m in point["policies"].items():
+        cells = "".join(f"{(m[c] if m[c] is not None else float('nan')):>15.4f}" if isinstance(m[c], float)
+                        else f"{str(m[c]):>15}" for c in cols)
+        print("  " + f"{name:<10}" + cells)
+    sys.stdout.flush()
+
+
+def main(args: argparse.Namespace) -> int:
+    from shared.sim.runner import dumps, run
+    spec = build_spec(args)
+    points, sweep = sweep_points(args)
+    t0 = time.perf_counter()
+    report, raws = run(spec, points, progress=_print_point)
+    print(f"simulated {len(points)} point(s) × {len(spec.policies)} policies in {time.perf_counter() - t0:.1f} s "
+          f"(base latency {report['config']['base_latency_s']:.3f} s)", file=sys.stderr)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(dumps(report))
+    if args.plot:
+        from shared.sim.plots import plot_all
+        for path in plot_all(report, raws, args.plot, sweep):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
