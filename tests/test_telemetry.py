@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -308,8 +310,30 @@ def test_instrument_fastapi_server_spans_continue_remote_trace() -> None:
 
 
 def test_observability_doc_lists_every_metric() -> None:
-    from pathlib import Path
-
     doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
     for spec in n.ALL_METRICS:
         assert f"`{spec.exposed_names()[0].removesuffix('_bucket')}`" in doc, spec.name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DILASERVE_E2E") != "1", reason="end-to-end: set DILASERVE_E2E=1 (starts NATS, Redis, services)")
+def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A request carrying our traceparent yields spans from every service in that same trace."""
+    import httpx
+
+    from services.local_cluster import LocalCluster, free_port
+
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    cluster = LocalCluster(tmp_path / "run", num_workers=1, port=free_port(), extra_env=env)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        cluster.start(timeout_s=120, progress=False)
+        resp = httpx.post(cluster.url + "/v1/completions", timeout=120,
+                          headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+                          json={"model": "dilaserve-tiny", "prompt": "1+1=", "max_tokens": 8})
+        assert resp.status_code == 200, resp.text
+    finally:
+        cluster.stop()  # SIGTERM: every service flushes its telemetry on the way out
+    services = {svc for svc, s in receiver.spans() if s.trace_id.hex() == trace_id}
+    assert {"gateway", "scheduler", "worker"} <= services, services
+    assert {n.REQUESTS.name, n.STEPS.name, n.STEP_LATENCY.name} <= receiver.metric_names()
