@@ -30,9 +30,9 @@ COPY models ./models
 # Editable install: the code stays under /app, so default_model_dir() (relative to the package)
 # still finds /app/models/dilaserve-tiny. --no-deps: everything is installed above.
 RUN pip install --no-deps -e . \
-    && useradd --system --uid 10001 --home-dir /app dilaserve \
+    && useradd --system --uid 10001 --create-home --home-dir /home/dilaserve dilaserve \
     && mkdir -p /app/runs && chown dilaserve /app/runs
 
-USER dilaserve
+USER 10001
 EXPOSE 8000 9464
 CMD ["dilaserve", "--help"]
