@@ -93,12 +93,17 @@ def exposed_metric_names() -> frozenset[str]:
     return frozenset(n for spec in ALL_METRICS for n in spec.exposed_names())
 
 
-# Span names: `<service>.<operation>`; HTTP server spans are named by the FastAPI instrumentation.
+# Span names: `<service>.<operation>`; HTTP server spans are named by the FastAPI instrumentation
+# ("POST /v1/completions"). The request path is: HTTP span -> gateway.<kind> -> scheduler.place
+# -> worker.assign (context carried in NATS headers at each hop).
+SPAN_GATEWAY_COMPLETION = "gateway.completion"
+SPAN_GATEWAY_CHAT = "gateway.chat"
 SPAN_GATEWAY_SUBMIT = "gateway.submit"
 SPAN_GATEWAY_RELAY = "gateway.relay"
 SPAN_SCHEDULER_ADMIT = "scheduler.admit"
 SPAN_SCHEDULER_PLACE = "scheduler.place"
 SPAN_SCHEDULER_MIGRATE = "scheduler.migrate"
+SPAN_WORKER_ASSIGN = "worker.assign"
 SPAN_WORKER_REQUEST = "worker.request"
 SPAN_WORKER_BLOCK = "worker.block"
 SPAN_PLANNER_SOLVE = "planner.solve"
