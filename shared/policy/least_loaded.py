@@ -34,5 +34,6 @@ class LeastLoadedPolicy:
                 continue  # a smaller request behind it may still fit somewhere
             target = min(fits, key=lambda iid: (load[iid], iid))
             load[target] += req.full_len
-            out.placements.append(Placement(req.request_id, target, max(self.default_cap, req.min_threshold)))
+            out.placements.append(Placement(request_id=req.request_id, instance_id=target,
+                                            cap=max(self.default_cap, req.min_threshold), deadline_s=req.deadline_s))
         return out

@@ -1,0 +1,288 @@
+"""Gateway app factory: OpenAI-compatible routes, DLM extensions, native request routes, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway import responses as R
+from services.gateway.errors import ApiError, bad_request, error_body
+from services.gateway.http_models import (
+    ChatBody, CompletionBody, DlmParams, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
+)
+from services.gateway.relay import Relay
+from services.gateway.tokenizer import ModelTokenizer, default_model_dir
+from shared import subjects
+from shared.config import Config
+from shared.schemas.cluster import SchedulerHeartbeat
+from shared.schemas.records import TERMINAL_STATES
+from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinished, SubmitRequest
+
+log = logging.getLogger("dilaserve.gateway")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class Accepted:
+    """A validated request, tokenized and ready to submit."""
+
+    kind: str  # "completion" | "chat"
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    stream: bool
+    dlm: DlmParams
+    arrival_s: float
+    arrival_mono: float
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Gateway:
+    """State shared by the routes: connections, tokenizer, cluster view."""
+
+    def __init__(self, cfg: Config, tel) -> None:
+        self.cfg = cfg
+        self.gcfg = cfg.gateway
+        self.tel = tel
+        self.gateway_id = self.gcfg.gateway_id or f"gateway-{os.getpid()}"
+        self.model_name = self.gcfg.model_name
+        self.tokenizer = ModelTokenizer(Path(self.gcfg.model_dir) if self.gcfg.model_dir else default_model_dir())
+        self.bus = None
+        self.store = None
+        self.cluster: SchedulerHeartbeat | None = None
+        self.cluster_seen_mono = 0.0
+
+    async def connect(self) -> None:
+        from shared.transport import Bus, Store
+
+        self.bus = await Bus.connect(self.cfg.nats.url, name=self.gateway_id)
+        self.store = await Store.connect(self.cfg.redis.url, self.cfg.redis.result_ttl_s)
+        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.cfg.nats.submit_max_age_s)
+        await self.bus.subscribe(subjects.scheduler_heartbeat(), SchedulerHeartbeat, self._on_cluster)
+
+    async def close(self) -> None:
+        if self.bus:
+            await self.bus.close()
+        if self.store:
+            await self.store.close()
+
+    async def _on_cluster(self, hb: SchedulerHeartbeat, headers: dict) -> None:
+        self.cluster, self.cluster_seen_mono = hb, time.monotonic()
+
+    # -- validation -----------------------------------------------------------------------------
+    def accept(self, kind: str, raw: bytes, headers) -> Accepted:
+        arrival_s, arrival_mono = time.time(), time.monotonic()
+        if kind == "completion":
+            body = parse_body(raw, CompletionBody)
+            check_common(body, self.model_name)
+            prompt = completion_prompt(body)
+            ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+            bad = [t for t in ids if not 0 <= t < self.tokenizer.vocab_size]
+            if bad:
+                raise bad_request(f"token id {bad[0]} is outside the vocabulary [0, {self.tokenizer.vocab_size})", "prompt")
+            max_tokens, mt_param = body.max_tokens, "max_tokens"
+        else:
+            body = parse_body(raw, ChatBody)
+            check_common(body, self.model_name)
+            ids = self.tokenizer.encode_chat(chat_messages(body))
+            max_tokens, mt_param = (body.max_completion_tokens, "max_completion_tokens") if body.max_completion_tokens is not None else (body.max_tokens, "max_tokens")
+        if not ids:
+            raise bad_request("the prompt is empty after applying the chat template", "messages" if kind == "chat" else "prompt")
+        dlm = dlm_params(body, headers)
+        room = self.tokenizer.max_positions - len(ids)
+        if room < 1:
+            raise bad_request(f"prompt is {len(ids)} tokens; the model's limit is {self.tokenizer.max_positions} positions "
+                              "(prompt + output)", "messages" if kind == "chat" else "prompt", "context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = min(self.gcfg.default_max_tokens, room)
+        elif max_tokens <= 0:
+            raise bad_request(f"{mt_param} must be >= 1, got {max_tokens}", mt_param)
+        elif max_tokens > room:
+            raise bad_request(f"{mt_param}={max_tokens} is above the model's limit: prompt ({len(ids)} tokens) + output "
+                              f"must fit {self.tokenizer.max_positions} positions, so at most {room}", mt_param,
+                              "context_length_exceeded")
+        prefix = "cmpl" if kind == "completion" else "chatcmpl"
+        return Accepted(kind, f"{prefix}-{uuid.uuid4().hex}", ids, max_tokens, body.stream, dlm, arrival_s, arrival_mono)
+
+    # -- submission -----------------------------------------------------------------------------
+    async def submit(self, acc: Accepted) -> Relay:
+        """Subscribe to the request's events first, then persist and submit (so nothing is missed)."""
+        deadline_s = acc.arrival_s + acc.dlm.slo_ms / 1000 if acc.dlm.slo_ms is not None else None
+        msg = SubmitRequest(
+            request_id=acc.request_id, model=self.model_name, prompt_ids=acc.prompt_ids, max_tokens=acc.max_tokens,
+            arrival_s=acc.arrival_s, gateway_id=self.gateway_id, slo_ms=acc.dlm.slo_ms, deadline_s=deadline_s,
+            priority=acc.dlm.priority, min_threshold=acc.dlm.min_threshold,
+        )
+        sub, queue = await self.bus.subscribe_queue(subjects.request_events(acc.request_id), BlockCommitted | RequestFinished)
+        relay = Relay(sub, queue)
+        try:
+            await self.store.create_request(msg, acc.arrival_s)
+            await self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({}))
+        except Exception as exc:
+            await relay.close()
+            log.exception("submission of %s failed", acc.request_id)
+            raise ApiError(503, f"could not submit the request: {exc}", code="service_unavailable", type_="server_error") from None
+        self.tel.metrics.request_admitted()
+        return relay
+
+    async def cancel(self, request_id: str, reason: str) -> str | None:
+        current = await self.store.cancel(request_id, time.time())
+        if current is None:
+            await self.bus.publish(subjects.request_cancel(request_id), CancelRequest(request_id=request_id, reason=reason))
+        return current
+
+    def finish_metrics(self, acc: Accepted, fin: RequestFinished, latency_s: float) -> None:
+        slo_met = None if acc.dlm.slo_ms is None else latency_s * 1000 <= acc.dlm.slo_ms
+        queue_s = fin.stats.queue_s if fin.stats else 0.0
+        self.tel.metrics.request_finished(outcome=fin.status, slo_met=slo_met, latency_s=latency_s, queue_s=queue_s)
+
+
+def create_app(cfg: Config, tel) -> FastAPI:
+    gw = Gateway(cfg, tel)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gw.connect()
+        log.info("gateway %s ready on %s:%d", gw.gateway_id, cfg.gateway.host, cfg.gateway.port)
+        yield
+        await gw.close()
+
+    app = FastAPI(title="DiLaServe gateway", lifespan=lifespan)
+    app.state.gateway = gw
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(status_code=exc.status_code, content=error_body(str(exc.detail), "invalid_request_error"))
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        fresh = gw.cluster is not None and time.monotonic() - gw.cluster_seen_mono < 3.0
+        workers = gw.cluster.worker_ids if fresh and gw.cluster else []
+        body = {
+            "nats": bool(gw.bus and gw.bus.connected), "redis": bool(gw.store and await gw.store.ping()),
+            "scheduler": fresh, "planner": bool(fresh and gw.cluster and gw.cluster.planner_alive),
+            "workers": workers,
+        }
+        body["ready"] = bool(body["nats"] and body["redis"] and fresh and workers)
+        return JSONResponse(status_code=200 if body["ready"] else 503, content=body)
+
+    @app.get("/metrics")
+    async def metrics():
+        body, ctype = tel.prometheus_text()
+        return Response(content=body, media_type=ctype)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": gw.model_name, "object": "model", "created": 0, "owned_by": "dilaserve",
+                                             "max_model_len": gw.tokenizer.max_positions}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _generate(gw, "completion", request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _generate(gw, "chat", request)
+
+    @app.get("/v1/requests/{request_id}")
+    async def get_request(request_id: str):
+        rec = await gw.store.get_record(request_id)
+        if rec is None:
+            raise ApiError(404, f"no request with id {request_id!r}", param="request_id", code="request_not_found")
+        return R.request_status(gw, rec)
+
+    @app.delete("/v1/requests/{request_id}")
+    async def delete_request(request_id: str):
+        current = await gw.cancel(request_id, "cancelled by DELETE /v1/requests")
+        if current == "":
+            raise ApiError(404, f"no request with id {request_id!r}", param="request_id", code="request_not_found")
+        if current is not None:
+            raise ApiError(409, f"request {request_id} already finished ({current}); nothing to cancel",
+                           param="request_id", code="request_finished")
+        return {"id": request_id, "object": "dlm.request", "status": "cancelled"}
+
+    return app
+
+
+async def _generate(gw: Gateway, kind: str, request: Request):
+    with gw.tel.tracer.start_as_current_span(f"gateway.{kind}") as span:
+        acc = gw.accept(kind, await request.body(), request.headers)
+        span.set_attribute("dlm.request_id", acc.request_id)
+        relay = await gw.submit(acc)
+    if acc.stream:
+        return StreamingResponse(_stream(gw, acc, relay), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        fin = await relay.wait_finished(gw.gcfg.request_timeout_s)
+    except asyncio.TimeoutError:
+        await gw.cancel(acc.request_id, "gateway timeout")
+        raise ApiError(504, f"request {acc.request_id} did not finish within {gw.gcfg.request_timeout_s:.0f}s; cancelled",
+                       code="timeout", type_="server_error") from None
+    finally:
+        await relay.close()
+    latency_s = time.monotonic() - acc.arrival_mono
+    gw.finish_metrics(acc, fin, latency_s)
+    if fin.status == "failed":
+        raise ApiError(500, f"request failed on the worker: {fin.error}", code="worker_error", type_="server_error")
+    return JSONResponse(R.final_body(gw, acc, fin, latency_s))
+
+
+async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[bytes]:
+    """SSE: committed text in order (one chunk per block that extends the prefix), then the final chunk."""
+    sent = ""
+    finished = False
+    try:
+        if acc.kind == "chat":
+            yield _sse(R.chunk(gw, acc, {"role": "assistant", "content": ""}))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + gw.gcfg.request_timeout_s
+        while relay.finished is None:
+            evt = await relay.next(max(0.0, end - loop.time()))
+            if isinstance(evt, BlockCommitted):
+                text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield _sse(R.chunk(gw, acc, text[len(sent):]))
+                    sent = text
+        fin = relay.finished
+        finished = True
+        latency_s = time.monotonic() - acc.arrival_mono
+        gw.finish_metrics(acc, fin, latency_s)
+        if fin.status == "failed":
+            yield _sse(error_body(f"request failed on the worker: {fin.error}", "server_error", None, "worker_error"))
+        else:
+            text = gw.tokenizer.decode(fin.output_ids)
+            rest = text[len(sent):] if text.startswith(sent) else ""
+            yield _sse(R.final_chunk(gw, acc, fin, rest, latency_s))
+        yield b"data: [DONE]\n\n"
+    except asyncio.TimeoutError:
+        yield _sse(error_body(f"request did not finish within {gw.gcfg.request_timeout_s:.0f}s", "server_error", None, "timeout"))
+    finally:
+        await relay.close()
+        if not finished:  # client went away or timeout: do not keep computing for nobody
+            asyncio.ensure_future(gw.cancel(acc.request_id, "client disconnected"))
+
+
+def _sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+__all__ = ["create_app", "Gateway", "TERMINAL_STATES"]

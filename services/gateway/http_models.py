@@ -1,0 +1,140 @@
+"""HTTP request bodies (OpenAI schema + DLM extensions) and their validation.
+
+DLM extensions may be given at the top level of the body (``"slo_ms": 500``) or inside a ``"dlm"``
+object (``"dlm": {"slo_ms": 500}``); the ``dlm`` object wins, then top level, then the ``x-slo-ms`` /
+``x-priority`` headers. Unknown OpenAI fields (temperature, top_p, ...) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import msgspec
+
+from services.gateway.errors import ApiError, bad_request, from_validation_error
+
+
+class DlmOptions(msgspec.Struct, forbid_unknown_fields=True):
+    slo_ms: float | None = None
+    priority: int | None = None
+    min_threshold: float | None = None
+
+
+class _Body(msgspec.Struct):
+    model: str | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+    n: int = 1
+    slo_ms: float | None = None
+    priority: int | None = None
+    min_threshold: float | None = None
+    dlm: DlmOptions | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[str | int] = msgspec.field(default=None)  # type: ignore[assignment]
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[ContentPart] | None = None
+
+
+class ChatBody(_Body):
+    messages: list[ChatMessage] = msgspec.field(default=None)  # type: ignore[assignment]
+    max_completion_tokens: int | None = None
+
+
+@dataclass
+class DlmParams:
+    slo_ms: float | None
+    priority: int
+    min_threshold: float | None
+
+
+def parse_body(raw: bytes, type_: type) -> Any:
+    if not raw.strip():
+        raise bad_request("request body is empty: a JSON object is required", None, "invalid_json")
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"malformed JSON body: {exc}", None, "invalid_json") from None
+
+
+def _header_number(headers: Mapping[str, str], name: str, kind: type) -> Any:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise bad_request(f"header {name} must be a{'n integer' if kind is int else ' number'}, got {raw!r}", name,
+                          "invalid_type") from None
+
+
+def dlm_params(body: _Body, headers: Mapping[str, str]) -> DlmParams:
+    nested = body.dlm or DlmOptions()
+
+    def pick(name: str, header: str, kind: type) -> tuple[Any, str]:
+        if getattr(nested, name) is not None:
+            return getattr(nested, name), f"dlm.{name}"
+        if getattr(body, name) is not None:
+            return getattr(body, name), name
+        return _header_number(headers, header, kind), header
+
+    slo_ms, slo_param = pick("slo_ms", "x-slo-ms", float)
+    priority, _ = pick("priority", "x-priority", int)
+    min_thr, thr_param = pick("min_threshold", "x-min-threshold", float)
+    if slo_ms is not None and not slo_ms > 0:
+        raise bad_request(f"slo_ms must be > 0 (an end-to-end deadline in milliseconds), got {slo_ms}", slo_param)
+    if min_thr is not None and not 0 < min_thr <= 1:
+        raise bad_request(f"min_threshold must be in (0, 1], got {min_thr}", thr_param)
+    return DlmParams(slo_ms=slo_ms, priority=priority or 0, min_threshold=min_thr)
+
+
+def check_common(body: _Body, served_model: str) -> None:
+    if body.n != 1:
+        raise bad_request(f"only n=1 is supported, got {body.n}", "n")
+    if body.model is not None and body.model != served_model:
+        raise ApiError(404, f"The model `{body.model}` does not exist; this gateway serves `{served_model}`",
+                       param="model", code="model_not_found")
+
+
+def completion_prompt(body: CompletionBody) -> str | list[int]:
+    p = body.prompt
+    if p is None:
+        raise bad_request("missing required field `prompt`", "prompt", "missing_required_parameter")
+    if isinstance(p, list):
+        if all(isinstance(x, int) for x in p) and p:
+            return list(p)  # type: ignore[arg-type]
+        if len(p) == 1 and isinstance(p[0], str):
+            p = p[0]
+        else:
+            raise bad_request("prompt must be a string, a list of one string, or a list of token ids", "prompt")
+    if not p:
+        raise bad_request("prompt is empty", "prompt")
+    return p
+
+
+def chat_messages(body: ChatBody) -> list[dict[str, str]]:
+    if body.messages is None:
+        raise bad_request("missing required field `messages`", "messages", "missing_required_parameter")
+    if not body.messages:
+        raise bad_request("messages must contain at least one message", "messages")
+    out = []
+    for i, m in enumerate(body.messages):
+        if m.role not in ("system", "user", "assistant", "developer", "tool"):
+            raise bad_request(f"unknown role {m.role!r}", f"messages[{i}].role")
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part.text or "" for part in content if part.type == "text")
+        out.append({"role": m.role, "content": content or ""})
+    return out

@@ -1,0 +1,41 @@
+"""`dilaserve scheduler`: places submitted requests on workers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from services.runtime import add_common_arguments, run_until_signal, setup
+
+log = logging.getLogger("dilaserve.scheduler")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = setup(args)
+
+    async def start():
+        from services.scheduler.service import SchedulerService
+        from shared.policy.least_loaded import LeastLoadedPolicy
+        from shared.telemetry import setup_telemetry
+        from shared.transport import Bus, Store
+
+        tel = setup_telemetry("scheduler")
+        bus = await Bus.connect(cfg.nats.url, name=cfg.scheduler.scheduler_id)
+        store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
+        policy = LeastLoadedPolicy(default_cap=cfg.scheduler.default_threshold_cap)
+        svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length)
+        await svc.start()
+
+        async def stop() -> None:
+            await svc.stop()
+            await bus.close()
+            await store.close()
+            tel.shutdown()
+
+        return stop
+
+    return run_until_signal(start)

@@ -1,0 +1,266 @@
+"""Scheduler service: consume submissions, keep the cluster view, place requests through a policy.
+
+receive (JetStream / heartbeats / events) → decode → policy.schedule(plain data) → persist → publish.
+A submission is acked only after its assignment is persisted in Redis; on restart the state is rebuilt
+from Redis and unacked submissions are redelivered by JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from shared import subjects
+from shared.config import NatsConfig, SchedulerConfig
+from shared.policy.types import InstanceView, RequestView
+from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
+from shared.schemas.requests import (
+    Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps,
+)
+from shared.transport import Bus, Delivery, Store
+
+log = logging.getLogger("dilaserve.scheduler")
+
+
+@dataclass
+class _Entry:
+    submit: SubmitRequest
+    view: RequestView
+    headers: dict[str, str]
+    delivery: Delivery | None = None  # None when rebuilt from Redis or re-queued after a worker died
+    worker_id: str | None = None  # None = queued
+
+
+@dataclass
+class _Worker:
+    last_seen_mono: float
+    hb: WorkerHeartbeat | None = None  # None: known only from Redis (rebuild), not placeable yet
+
+
+def request_view(s: SubmitRequest, block_length: int) -> RequestView:
+    return RequestView(
+        request_id=s.request_id, arrival_s=s.arrival_s,
+        deadline_s=s.deadline_s if s.deadline_s is not None else math.inf,
+        prompt_len=len(s.prompt_ids), output_len=s.max_tokens, block_len=block_length,
+        priority=s.priority, min_threshold=s.min_threshold or 0.0,
+    )
+
+
+class SchedulerService:
+    def __init__(self, cfg: SchedulerConfig, nats_cfg: NatsConfig, bus: Bus, store: Store, policy, tel,
+                 block_length: int = 8) -> None:
+        self.cfg = cfg
+        self.nats_cfg = nats_cfg
+        self.bus = bus
+        self.store = store
+        self.policy = policy
+        self.tel = tel
+        self.block_length = block_length
+        self.entries: dict[str, _Entry] = {}
+        self.workers: dict[str, _Worker] = {}
+        self.planner_seen_mono = -math.inf
+        self.kick = asyncio.Event()
+        self._subs: list = []
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.rebuild()
+        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.nats_cfg.submit_max_age_s)
+        self._subs = [
+            await self.bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, self.on_heartbeat),
+            await self.bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, self.on_planner),
+            await self.bus.subscribe(subjects.request_done(), RequestFinished, self.on_done),
+            await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
+            await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM, subjects.SCHEDULER_DURABLE,
+                                      SubmitRequest, self.on_submit, self.cfg.ack_wait_s),
+        ]
+        self._tasks = [asyncio.create_task(self.place_loop()), asyncio.create_task(self.status_loop())]
+        log.info("scheduler %s ready", self.cfg.scheduler_id)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def rebuild(self) -> None:
+        """Active requests from Redis: assigned ones keep their worker (given a heartbeat grace period)."""
+        now = time.monotonic()
+        for rec in await self.store.active_requests():
+            if rec.state in ("cancelled",):
+                continue
+            wid = rec.worker_id if rec.state in ("assigned", "running") and rec.worker_id else None
+            self.entries[rec.request_id] = _Entry(rec.submit, request_view(rec.submit, self.block_length), {}, None, wid)
+            if wid and wid not in self.workers:
+                self.workers[wid] = _Worker(last_seen_mono=now)
+        if self.entries:
+            log.info("rebuilt %d active requests from Redis", len(self.entries))
+            self.kick.set()
+
+    # -- inputs -------------------------------------------------------------------------------
+    async def on_submit(self, d: Delivery[SubmitRequest]) -> None:
+        rid = d.message.request_id
+        entry = self.entries.get(rid)
+        if entry is not None:  # redelivery (or rebuilt from Redis): keep the newest handle to ack
+            if entry.worker_id is None:
+                entry.delivery = d
+            else:
+                await d.ack()
+            return
+        self.entries[rid] = _Entry(d.message, request_view(d.message, self.block_length), d.headers, d)
+        self.tel.metrics.request_admitted()
+        self.kick.set()
+
+    async def on_heartbeat(self, hb: WorkerHeartbeat, headers: dict[str, str]) -> None:
+        w = self.workers.get(hb.worker_id)
+        if w is None:
+            log.info("worker %s joined (%s)", hb.worker_id, hb.instance_config)
+            self.workers[hb.worker_id] = w = _Worker(time.monotonic())
+        new_capacity = w.hb is None or (w.hb.draining and not hb.draining)
+        w.hb, w.last_seen_mono = hb, time.monotonic()
+        if hb.draining:
+            self._requeue_worker(hb.worker_id, forget=True)
+        elif new_capacity:
+            self.kick.set()
+
+    async def on_planner(self, hb: PlannerHeartbeat, headers: dict[str, str]) -> None:
+        self.planner_seen_mono = time.monotonic()
+
+    async def on_done(self, fin: RequestFinished, headers: dict[str, str]) -> None:
+        entry = self.entries.pop(fin.request_id, None)
+        if entry is not None:
+            if entry.delivery is not None and entry.worker_id is None:
+                await entry.delivery.ack()
+            self.kick.set()
+
+    async def on_cancel(self, c: CancelRequest, headers: dict[str, str]) -> None:
+        entry = self.entries.get(c.request_id)
+        if entry is None or entry.worker_id is not None:
+            return  # unknown here, or the worker that holds it finalizes the cancel
+        del self.entries[c.request_id]
+        await self._finalize_cancel(c.request_id, entry)
+
+    async def _finalize_cancel(self, rid: str, entry: _Entry) -> None:
+        fin = RequestFinished(request_id=rid, status="cancelled", finish_reason="cancelled",
+                              num_prompt_tokens=len(entry.submit.prompt_ids), finished_s=time.time())
+        if await self.store.finish(fin, time.time()):
+            await self.bus.publish(subjects.request_done(rid), fin, entry.headers)
+        if entry.delivery is not None:
+            await entry.delivery.ack()
+
+    # -- placement ----------------------------------------------------------------------------
+    async def place_loop(self) -> None:
+        while True:
+            await self.kick.wait()
+            self.kick.clear()
+            try:
+                self.place_once()
+            except Exception:
+                log.exception("placement failed")
+
+    def place_once(self) -> None:
+        queued = [e.view for e in self.entries.values() if e.worker_id is None]
+        if not queued:
+            return
+        instances = [InstanceView(wid, w.hb.instance_config, draining=w.hb.draining)
+                     for wid, w in self.workers.items() if w.hb is not None]
+        out = self.policy.schedule(time.time(), queued, instances, self.active_tokens())
+        for p in out.placements:
+            entry = self.entries[p.request_id]
+            entry.worker_id = p.instance_id  # tentative: the load counts at once, reverted on failure
+            asyncio.create_task(self.dispatch(entry, p.instance_id, p.cap))
+        self._forward_caps(out.caps)
+        self.tel.metrics.queue_depth(len(queued) - len(out.placements))
+
+    def active_tokens(self) -> dict[str, int]:
+        load: dict[str, int] = {}
+        for e in self.entries.values():
+            if e.worker_id is not None:
+                load[e.worker_id] = load.get(e.worker_id, 0) + e.view.full_len
+        return load
+
+    def _forward_caps(self, caps: dict[str, float]) -> None:
+        by_worker: dict[str, dict[str, float]] = {}
+        for rid, cap in caps.items():
+            e = self.entries.get(rid)
+            if e is not None and e.worker_id is not None:
+                by_worker.setdefault(e.worker_id, {})[rid] = cap
+        for wid, worker_caps in by_worker.items():
+            msg = ThresholdCaps(caps=worker_caps, issued_s=time.time())
+            asyncio.create_task(self.bus.publish(subjects.worker_caps(wid), msg))
+
+    async def dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
+        s = entry.submit
+        now = time.time()
+        current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
+        if current is not None:  # cancelled meanwhile, or already finished / unknown
+            self.entries.pop(s.request_id, None)
+            if current == "cancelled":
+                await self._finalize_cancel(s.request_id, entry)
+            elif entry.delivery is not None:
+                await entry.delivery.ack()
+            return
+        if entry.delivery is not None:
+            await entry.delivery.ack()  # the assignment is persisted: JetStream may forget the submission
+            entry.delivery = None
+        with self.tel.tracer.start_as_current_span("scheduler.place", context=self.tel.extract(entry.headers)) as span:
+            span.set_attribute("dlm.request_id", s.request_id)
+            span.set_attribute("dlm.worker_id", worker_id)
+            headers = self.tel.inject({})
+        a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
+                       assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold, deadline_s=s.deadline_s,
+                       priority=s.priority)
+        try:
+            ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
+        except Exception as exc:  # no reply: the worker is gone or stuck; try again elsewhere
+            log.warning("assignment of %s to %s failed: %r", s.request_id, worker_id, exc)
+            self._requeue(entry, delay_s=0.2)
+            return
+        if not ack.accepted:
+            if ack.retry:
+                self._requeue(entry, delay_s=0.05)
+            else:  # the worker recorded the failure/cancel and published the result
+                log.info("worker %s refused %s: %s", worker_id, s.request_id, ack.reason)
+                self.entries.pop(s.request_id, None)
+
+    def _requeue(self, entry: _Entry, delay_s: float = 0.0) -> None:
+        if self.entries.get(entry.submit.request_id) is entry:
+            entry.worker_id = None
+            asyncio.get_running_loop().call_later(delay_s, self.kick.set)
+
+    def _requeue_worker(self, worker_id: str, forget: bool) -> None:
+        moved = [e for e in self.entries.values() if e.worker_id == worker_id]
+        for e in moved:
+            e.worker_id = None
+        if forget:
+            self.workers.pop(worker_id, None)
+        if moved:
+            log.warning("re-placing %d requests of worker %s", len(moved), worker_id)
+            self.kick.set()
+
+    # -- liveness and status ------------------------------------------------------------------
+    async def status_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for wid, w in list(self.workers.items()):
+                if now - w.last_seen_mono > self.cfg.heartbeat_timeout_s:
+                    log.warning("worker %s missed heartbeats for %.1fs: declared dead", wid, now - w.last_seen_mono)
+                    self._requeue_worker(wid, forget=True)
+            live = sorted(wid for wid, w in self.workers.items() if w.hb is not None and not w.hb.draining)
+            num_queued = sum(1 for e in self.entries.values() if e.worker_id is None)
+            hb = SchedulerHeartbeat(
+                scheduler_id=self.cfg.scheduler_id, worker_ids=live, num_queued=num_queued,
+                num_running=len(self.entries) - num_queued,
+                planner_alive=now - self.planner_seen_mono < 3 * max(1.0, self.cfg.heartbeat_timeout_s),
+                sent_s=time.time(),
+            )
+            try:
+                await self.bus.publish(subjects.scheduler_heartbeat(), hb)
+            except Exception as exc:
+                log.warning("status not published: %s", exc)
+            await asyncio.sleep(self.cfg.status_interval_s)

@@ -1,0 +1,53 @@
+"""`dilaserve worker`: one model instance serving assignments from the scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from services.runtime import add_common_arguments, run_until_signal, setup
+
+log = logging.getLogger("dilaserve.worker")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--worker-id", default=None, help="overrides worker.worker_id")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = setup(args)
+    wcfg = cfg.worker
+    worker_id = args.worker_id or wcfg.worker_id or f"worker-{os.getpid()}"
+
+    async def start():
+        import torch
+
+        from services.worker.engine import DenoisingEngine
+        from services.worker.model import default_model_dir, load_model
+        from services.worker.service import WorkerService
+        from shared.telemetry import setup_telemetry
+        from shared.transport import Bus, Store
+
+        torch.set_num_threads(max(1, wcfg.torch_threads))
+        tel = setup_telemetry("worker")
+        model_dir = Path(wcfg.model_dir) if wcfg.model_dir else default_model_dir()
+        model = load_model(model_dir, device=wcfg.device)
+        engine = DenoisingEngine(model, cache_mode=wcfg.cache_mode)  # type: ignore[arg-type]
+        bus = await Bus.connect(cfg.nats.url, name=worker_id)
+        store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
+        svc = WorkerService(wcfg, worker_id, bus, store, engine, tel)
+        await svc.start()
+
+        async def stop() -> None:
+            log.info("worker %s stopping", worker_id)
+            await svc.stop()
+            await bus.close()
+            await store.close()
+            tel.shutdown()
+
+        return stop
+
+    return run_until_signal(start)

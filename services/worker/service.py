@@ -1,0 +1,262 @@
+"""Worker service: the step loop around the denoising engine, wired to NATS and Redis.
+
+Receive assignments (request/reply) → join the batch between steps → run ONE step in a thread (so
+heartbeats and cancels keep flowing on the event loop) → publish finished blocks, checkpoint them to
+Redis, publish completion. Cancellation is applied between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids
+from shared import subjects
+from shared.config import WorkerConfig
+from shared.schemas.cluster import WorkerHeartbeat
+from shared.schemas.engine import DecodeState
+from shared.schemas.requests import (
+    Assignment, AssignmentAck, BlockCommitted, CancelRequest, RequestFinished, RequestStats, ThresholdCaps,
+)
+from shared.transport import Bus, Store
+
+log = logging.getLogger("dilaserve.worker")
+
+
+@dataclass
+class _Meta:
+    """Worker-side bookkeeping of one request (not part of the resumable state)."""
+
+    assignment: Assignment
+    received_s: float  # wall clock, to compare with the gateway's arrival
+    received_mono: float
+    threshold: float
+    trace_headers: dict[str, str]
+    thresholds_used: list[float] = field(default_factory=list)
+    forward_s: float = 0.0
+
+
+def pick_threshold(cap: float, min_threshold: float | None) -> float:
+    """Highest τ allowed by the cap, never below the request's quality floor."""
+    return max(cap, min_threshold) if min_threshold is not None else cap
+
+
+class WorkerService:
+    def __init__(self, cfg: WorkerConfig, worker_id: str, bus: Bus, store: Store, engine: DenoisingEngine, tel) -> None:
+        self.cfg = cfg
+        self.worker_id = worker_id
+        self.bus = bus
+        self.store = store
+        self.engine = engine
+        self.tel = tel
+        self.meta: dict[str, _Meta] = {}
+        self.pending: list[DecodeState] = []
+        self.cancels: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.step_latency_ema_s = 0.0
+        self.tokens_per_step_ema = 0.0
+        self.num_steps_total = 0
+        self._subs: list = []
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def instance_config(self) -> str:
+        return f"tp1-{self.engine.cache_mode}"
+
+    async def start(self) -> None:
+        self._subs = [
+            await self.bus.serve(subjects.worker_assign(self.worker_id), Assignment, self.on_assign),
+            await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
+            await self.bus.subscribe(subjects.worker_caps(self.worker_id), ThresholdCaps, self.on_caps),
+        ]
+        await self.bus.flush()
+        self._tasks = [asyncio.create_task(self.step_loop()), asyncio.create_task(self.heartbeat_loop())]
+        log.info("worker %s ready (%s, max batch %d)", self.worker_id, self.instance_config, self.cfg.max_batch)
+
+    async def stop(self) -> None:
+        """Stop taking work, checkpoint everything in flight (the scheduler re-places it)."""
+        self.stopping = True
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self.wake.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for rid in self.engine.request_ids:
+            await self.store.save_checkpoint(self.engine.state(rid))
+        await self._publish_heartbeat(draining=True)
+
+    # -- inputs -------------------------------------------------------------------------------
+    async def on_assign(self, a: Assignment, headers: dict[str, str]) -> AssignmentAck:
+        rid = a.request_id
+        if rid in self.meta:
+            return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True, reason="duplicate")
+        if self.stopping:
+            return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason="worker stopping", retry=True)
+        with self.tel.tracer.start_as_current_span("worker.assign", context=self.tel.extract(headers)) as span:
+            span.set_attribute("dlm.request_id", rid)
+            trace_headers = self.tel.inject({})
+        now = time.time()
+        current = await self.store.transition(rid, "running", ("assigned",), now, self.worker_id)
+        if current is not None:
+            if current == "cancelled":
+                await self._finalize(RequestFinished(request_id=rid, status="cancelled", finish_reason="cancelled",
+                                                     finished_s=now), trace_headers)
+            return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=f"request is {current or 'unknown'}")
+        tau = pick_threshold(a.threshold_cap, a.min_threshold)
+        state = await self.store.load_checkpoint(rid) or new_state(
+            rid, a.prompt_ids, a.max_tokens, mask_token_id=self.engine.mask_token_id,
+            block_length=self.cfg.block_length, threshold=tau,
+        )
+        state.threshold = tau
+        try:
+            self.engine.validate(state)
+        except ValueError as exc:
+            await self._finalize(RequestFinished(request_id=rid, status="failed", finish_reason="error", error=str(exc),
+                                                 num_prompt_tokens=len(a.prompt_ids), finished_s=time.time()), trace_headers)
+            return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=str(exc))
+        self.meta[rid] = _Meta(a, now, time.monotonic(), tau, trace_headers)
+        self.pending.append(state)
+        if state.block_index > 0:  # resumed: re-announce blocks already committed (gateways dedupe)
+            self._publish_blocks(state, 0, state.block_index)
+        self.wake.set()
+        return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True)
+
+    async def on_cancel(self, c: CancelRequest, headers: dict[str, str]) -> None:
+        if c.request_id in self.meta:
+            self.cancels.add(c.request_id)
+            self.wake.set()
+
+    async def on_caps(self, caps: ThresholdCaps, headers: dict[str, str]) -> None:
+        for rid, cap in caps.caps.items():
+            m = self.meta.get(rid)
+            if m is not None:
+                m.threshold = pick_threshold(cap, m.assignment.min_threshold)
+
+    # -- the step loop ------------------------------------------------------------------------
+    async def step_loop(self) -> None:
+        while not self.stopping:
+            await self._apply_cancels()
+            self._admit()
+            if self.engine.num_requests == 0:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            thresholds = {rid: self.meta[rid].threshold for rid in self.engine.request_ids}
+            try:
+                out = await asyncio.to_thread(self.engine.step, thresholds)
+            except Exception as exc:  # a broken step must not hang requests: fail the batch loudly
+                log.exception("engine step failed")
+                await self._fail_all(f"engine step failed: {exc}")
+                continue
+            await self._after_step(out)
+
+    def _admit(self) -> None:
+        while self.pending and self.engine.num_requests < self.cfg.max_batch:
+            self.engine.add(self.pending.pop(0))
+
+    async def _apply_cancels(self) -> None:
+        cancels, self.cancels = self.cancels, set()
+        for rid in cancels:
+            if self.engine.has(rid):
+                state = self.engine.remove(rid)
+            else:
+                state = next((s for s in self.pending if s.request_id == rid), None)
+                self.pending = [s for s in self.pending if s.request_id != rid]
+            if state is None or rid not in self.meta:
+                continue
+            await self._finish(state, status="cancelled")
+
+    async def _after_step(self, out: StepOutput) -> None:
+        self.num_steps_total += 1
+        a = 0.2
+        self.step_latency_ema_s = out.elapsed_s if self.num_steps_total == 1 else (1 - a) * self.step_latency_ema_s + a * out.elapsed_s
+        committed = sum(len(r.committed_token_ids) for r in out.requests)
+        self.tokens_per_step_ema = (1 - a) * self.tokens_per_step_ema + a * committed
+        finished = {s.request_id: s for s in out.finished}
+        checkpoints = []
+        for r in out.requests:
+            m = self.meta.get(r.request_id)
+            if m is None:
+                continue
+            m.forward_s += out.elapsed_s
+            m.thresholds_used.append(r.threshold)
+            if r.block_finished:
+                state = finished.get(r.request_id) or self.engine.state(r.request_id)
+                self._publish_blocks(state, r.block_index, state.block_index)
+                if r.request_id not in finished:
+                    checkpoints.append(self.store.save_checkpoint(state))
+        await asyncio.gather(*checkpoints)
+        for state in out.finished:
+            await self._finish(state, status="completed")
+        self.tel.metrics.step(
+            latency_s=out.elapsed_s, tokens_executed=out.num_tokens_executed, num_refresh=out.num_refresh,
+            num_reuse=len(out.requests) - out.num_refresh, committed_tokens=committed,
+            thresholds=[r.threshold for r in out.requests],
+            caps=[self.meta[r.request_id].assignment.threshold_cap for r in out.requests if r.request_id in self.meta],
+        )
+
+    def _publish_blocks(self, state: DecodeState, first: int, end: int) -> None:
+        m = self.meta.get(state.request_id)
+        headers = m.trace_headers if m else None
+        now = time.time()
+        for b in range(first, end):
+            lo, hi = b * state.block_length, min((b + 1) * state.block_length, len(state.canvas_ids))
+            evt = BlockCommitted(request_id=state.request_id, worker_id=self.worker_id, block_index=b,
+                                 block_length=state.block_length, token_ids=state.canvas_ids[lo:hi], committed_s=now)
+            asyncio.ensure_future(self.bus.publish(subjects.request_commit(state.request_id), evt, headers))
+
+    async def _finish(self, state: DecodeState, status: str) -> None:
+        m = self.meta.pop(state.request_id)
+        eos = self.engine.eos_token_id
+        out = output_ids(state, eos)
+        if status == "completed":
+            reason = "stop" if eos in state.canvas_ids else "length"
+        else:
+            reason = "cancelled"
+        used = m.thresholds_used or [m.threshold]
+        stats = RequestStats(
+            worker_id=self.worker_id, thresholds_used=sorted(set(used), reverse=True),
+            threshold_mean=sum(used) / len(used), num_steps=state.num_steps,
+            num_refresh_steps=state.num_refresh_steps, num_reuse_steps=state.num_reuse_steps,
+            queue_s=max(0.0, m.received_s - m.assignment.arrival_s),
+            worker_s=time.monotonic() - m.received_mono, worker_forward_s=m.forward_s,
+        )
+        fin = RequestFinished(request_id=state.request_id, status=status, finish_reason=reason,  # type: ignore[arg-type]
+                              output_ids=out, num_prompt_tokens=len(state.prompt_ids), stats=stats, finished_s=time.time())
+        await self._finalize(fin, m.trace_headers)
+
+    async def _finalize(self, fin: RequestFinished, headers: dict[str, str] | None) -> None:
+        """Persist the result first (GET /v1/requests sees it), then tell the waiting gateway."""
+        if await self.store.finish(fin, time.time()):
+            await self.bus.publish(subjects.request_done(fin.request_id), fin, headers)
+
+    async def _fail_all(self, error: str) -> None:
+        for rid in self.engine.request_ids:
+            self.engine.remove(rid)
+            m = self.meta.pop(rid, None)
+            fin = RequestFinished(request_id=rid, status="failed", finish_reason="error", error=error, finished_s=time.time())
+            await self._finalize(fin, m.trace_headers if m else None)
+
+    # -- heartbeats ---------------------------------------------------------------------------
+    async def heartbeat_loop(self) -> None:
+        while not self.stopping:
+            await self._publish_heartbeat()
+            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+
+    async def _publish_heartbeat(self, draining: bool = False) -> None:
+        active = self.engine.request_ids
+        tokens = sum(len(self.meta[r].assignment.prompt_ids) + self.meta[r].assignment.max_tokens for r in active if r in self.meta)
+        hb = WorkerHeartbeat(
+            worker_id=self.worker_id, instance_config=self.instance_config, num_active=len(active) + len(self.pending),
+            num_active_tokens=tokens, max_batch=self.cfg.max_batch, step_latency_ema_s=self.step_latency_ema_s,
+            tokens_per_step_ema=self.tokens_per_step_ema, num_steps_total=self.num_steps_total, sent_s=time.time(),
+            draining=draining or self.stopping,
+        )
+        try:
+            await self.bus.publish(subjects.worker_heartbeat(self.worker_id), hb)
+        except Exception as exc:  # NATS reconnecting: the next beat will do
+            log.warning("heartbeat not sent: %s", exc)

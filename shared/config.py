@@ -1,0 +1,138 @@
+"""Typed configuration, loaded explicitly: defaults ← YAML/JSON file ← ``DILASERVE_*`` environment.
+
+Environment keys are ``DILASERVE_<SECTION>_<FIELD>``, e.g. ``DILASERVE_NATS_URL``,
+``DILASERVE_WORKER_CACHE_MODE=prefix``, ``DILASERVE_GATEWAY_PORT=8080``. ``DILASERVE_CONFIG`` names a file.
+Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+ENV_PREFIX = "DILASERVE_"
+
+
+@dataclass
+class NatsConfig:
+    url: str = "nats://127.0.0.1:4222"
+    submit_max_age_s: float = 3600.0  # accepted-but-unplaced requests are kept this long in JetStream
+
+
+@dataclass
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    result_ttl_s: int = 3600  # finished request records expire after this
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    gateway_id: str = ""  # "" = "gateway-<pid>"
+    model_dir: str = ""  # "" = the shipped model
+    model_name: str = "dilaserve-tiny"
+    default_max_tokens: int = 32
+    request_timeout_s: float = 300.0
+
+
+@dataclass
+class SchedulerConfig:
+    scheduler_id: str = "scheduler-0"
+    heartbeat_timeout_s: float = 3.0  # a worker silent this long is dead; its requests are re-placed
+    status_interval_s: float = 0.5
+    default_threshold_cap: float = 0.9
+    assign_timeout_s: float = 2.0
+    ack_wait_s: float = 60.0
+
+
+@dataclass
+class WorkerConfig:
+    worker_id: str = ""  # "" = "worker-<pid>"
+    model_dir: str = ""
+    device: str = "cpu"
+    cache_mode: str = "dual"
+    block_length: int = 8
+    max_batch: int = 32
+    torch_threads: int = 1
+    heartbeat_interval_s: float = 0.5
+
+
+@dataclass
+class PlannerConfig:
+    planner_id: str = "planner-0"
+    interval_s: float = 5.0
+    instance_config: str = "tp1-dual"
+    num_workers: int = 2
+
+
+@dataclass
+class Config:
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+
+
+SECTIONS = tuple(Config.__dataclass_fields__)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        rest = key[len(ENV_PREFIX):].lower()
+        section, _, name = rest.partition("_")
+        if section in SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged.get(k) or {}, v) if isinstance(v, Mapping) else v
+    return merged
+
+
+def _check_keys(data: Mapping[str, Any]) -> None:
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ValueError(f"invalid configuration: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        known = Config.__dataclass_fields__[section].default_factory.__dataclass_fields__  # type: ignore[union-attr]
+        for key in values or {}:
+            if key not in known:
+                raise ValueError(f"invalid configuration: unknown key {section}.{key}")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the config. Unknown keys and wrong types raise ValueError naming the key."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        data = _read_file(Path(path))
+    data = _merge(data, _env_overrides(env))
+    _check_keys(data)
+    try:
+        # strict=False: env values are strings ("8080" → int).
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid configuration: {exc}") from None

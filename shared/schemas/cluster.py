@@ -1,0 +1,47 @@
+"""Cluster-plane wire messages: heartbeats, the scheduler's cluster view, plans."""
+
+from __future__ import annotations
+
+from shared.schemas.base import Message
+
+
+class WorkerHeartbeat(Message, tag="worker_heartbeat"):
+    worker_id: str
+    instance_config: str  # e.g. "tp1-dual"
+    num_active: int
+    num_active_tokens: int
+    max_batch: int
+    step_latency_ema_s: float
+    tokens_per_step_ema: float
+    num_steps_total: int
+    sent_s: float
+    draining: bool = False
+
+
+class PlannerHeartbeat(Message, tag="planner_heartbeat"):
+    planner_id: str
+    plan_id: str
+    sent_s: float
+
+
+class SchedulerHeartbeat(Message, tag="scheduler_heartbeat"):
+    """The scheduler's cluster view, published periodically (readiness, dashboards)."""
+
+    scheduler_id: str
+    worker_ids: list[str]
+    num_queued: int
+    num_running: int
+    planner_alive: bool
+    sent_s: float
+
+
+class InstanceCount(Message, tag="instance_count"):
+    config: str
+    count: int
+
+
+class Plan(Message, tag="plan"):
+    plan_id: str
+    created_s: float
+    instances: list[InstanceCount]
+    reason: str = ""

@@ -1,0 +1,71 @@
+"""Every NATS subject and stream name, built by functions: ``dlm.v1.<plane>.<entity>.<verb>[.<id>]``.
+
+One message type per subject (see the docstrings).
+"""
+
+from __future__ import annotations
+
+PREFIX = "dlm.v1"
+SUBMIT_STREAM = "DLM_SUBMIT"  # JetStream stream holding accepted requests until a scheduler places them
+SCHEDULER_DURABLE = "scheduler"
+
+
+def _check_token(token: str) -> str:
+    if not token or any(c in token for c in ". *>\t\r\n"):
+        raise ValueError(f"invalid subject token {token!r}")
+    return token
+
+
+def request_submit() -> str:
+    """SubmitRequest, JetStream (stream SUBMIT_STREAM)."""
+    return f"{PREFIX}.gateway.request.submit"
+
+
+def request_cancel(request_id: str | None = None) -> str:
+    """CancelRequest; None gives the wildcard every worker and the scheduler listen on."""
+    return f"{PREFIX}.gateway.request.cancel.{_check_token(request_id) if request_id else '*'}"
+
+
+def worker_assign(worker_id: str) -> str:
+    """Assignment (request) → AssignmentAck (reply)."""
+    return f"{PREFIX}.scheduler.request.assign.{_check_token(worker_id)}"
+
+
+def worker_caps(worker_id: str) -> str:
+    """ThresholdCaps for one worker."""
+    return f"{PREFIX}.scheduler.threshold.cap.{_check_token(worker_id)}"
+
+
+def request_commit(request_id: str) -> str:
+    """BlockCommitted."""
+    return f"{PREFIX}.events.request.commit.{_check_token(request_id)}"
+
+
+def request_done(request_id: str | None = None) -> str:
+    """RequestFinished; None gives the wildcard over all requests."""
+    return f"{PREFIX}.events.request.done.{_check_token(request_id) if request_id else '*'}"
+
+
+def request_events(request_id: str) -> str:
+    """Wildcard over commit + done of one request (the gateway's per-request relay subscription)."""
+    return f"{PREFIX}.events.request.*.{_check_token(request_id)}"
+
+
+def worker_heartbeat(worker_id: str | None = None) -> str:
+    """WorkerHeartbeat."""
+    return f"{PREFIX}.worker.instance.heartbeat.{_check_token(worker_id) if worker_id else '*'}"
+
+
+def scheduler_heartbeat() -> str:
+    """SchedulerHeartbeat (cluster view)."""
+    return f"{PREFIX}.scheduler.cluster.heartbeat"
+
+
+def planner_heartbeat() -> str:
+    """PlannerHeartbeat."""
+    return f"{PREFIX}.planner.instance.heartbeat"
+
+
+def plan_publish() -> str:
+    """Plan."""
+    return f"{PREFIX}.planner.plan.publish"

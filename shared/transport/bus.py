@@ -1,0 +1,174 @@
+"""NATS bus: typed publish/subscribe, request/reply and a JetStream durable work queue.
+
+Every payload is a shared.schemas Message (msgspec JSON); trace context rides in message headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, TypeVar
+
+import msgspec
+import nats
+from nats.aio.msg import Msg
+from nats.js import api
+
+from shared.schemas.base import Message
+from shared.schemas.codec import decode, encode
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+Headers = dict[str, str]
+
+
+@dataclass
+class Delivery(Generic[M]):
+    """A decoded JetStream message; call ``ack()`` once its effect is persisted."""
+
+    message: M
+    headers: Headers
+    num_delivered: int
+    _msg: Msg
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def in_progress(self) -> None:
+        await self._msg.in_progress()
+
+    async def term(self) -> None:
+        await self._msg.term()
+
+
+class Bus:
+    def __init__(self, nc: nats.NATS) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str, name: str, connect_timeout_s: float = 5.0) -> Bus:
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error: %s", exc)
+
+        nc = await nats.connect(
+            url, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, error_cb=on_error,
+        )
+        return cls(nc)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closing / connection lost: nothing left to flush
+                await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    # -- core NATS ------------------------------------------------------------------------------
+    async def publish(self, subject: str, msg: Message, headers: Headers | None = None) -> None:
+        await self.nc.publish(subject, encode(msg), headers=headers or None)
+
+    async def subscribe(
+        self, subject: str, type_: type[M], handler: Callable[[M, Headers], Awaitable[None]], queue: str = ""
+    ):
+        """Handlers run one message at a time per subscription; undecodable messages are logged, not fatal."""
+
+        async def cb(raw: Msg) -> None:
+            try:
+                obj = decode(raw.data, type_)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.error("dropping undecodable message on %s: %s", raw.subject, exc)
+                return
+            try:
+                await handler(obj, dict(raw.headers or {}))
+            except Exception:
+                log.exception("handler for %s failed", raw.subject)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=cb)
+
+    async def subscribe_queue(self, subject: str, type_: type[M]) -> tuple[object, asyncio.Queue]:
+        """Subscription feeding an asyncio.Queue of (message, headers); for per-request relays."""
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def handler(obj: M, headers: Headers) -> None:
+            q.put_nowait((obj, headers))
+
+        sub = await self.subscribe(subject, type_, handler)
+        return sub, q
+
+    async def request(
+        self, subject: str, msg: Message, reply_type: type[R], timeout_s: float, headers: Headers | None = None
+    ) -> R:
+        reply = await self.nc.request(subject, encode(msg), timeout=timeout_s, headers=headers or None)
+        return decode(reply.data, reply_type)
+
+    async def serve(
+        self, subject: str, type_: type[M], handler: Callable[[M, Headers], Awaitable[Message]]
+    ):
+        """Reply to each request with the handler's Message."""
+
+        async def cb(raw: Msg) -> None:
+            try:
+                obj = decode(raw.data, type_)
+                reply = await handler(obj, dict(raw.headers or {}))
+            except Exception:
+                log.exception("request handler for %s failed", raw.subject)
+                return
+            if raw.reply:
+                await self.nc.publish(raw.reply, encode(reply))
+
+        return await self.nc.subscribe(subject, cb=cb)
+
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        await self.nc.flush(timeout=timeout_s)
+
+    # -- JetStream ------------------------------------------------------------------------------
+    async def ensure_stream(self, name: str, subjects: list[str], max_age_s: float) -> None:
+        """File-backed work-queue stream: a message lives until acked (or max_age), never lost on restart."""
+        config = api.StreamConfig(
+            name=name, subjects=subjects, storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.WORK_QUEUE, max_age=max_age_s,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)
+
+    async def js_publish(self, subject: str, msg: Message, headers: Headers | None = None, timeout_s: float = 5.0) -> int:
+        """Returns the stream sequence once JetStream has stored the message."""
+        ack = await self.js.publish(subject, encode(msg), timeout=timeout_s, headers=headers or None)
+        return ack.seq
+
+    async def js_consume(
+        self, subject: str, stream: str, durable: str, type_: type[M],
+        handler: Callable[[Delivery[M]], Awaitable[None]], ack_wait_s: float,
+    ):
+        """Durable push consumer with explicit acks: unacked messages are redelivered after ack_wait_s
+        or to the next consumer instance after a restart."""
+        config = api.ConsumerConfig(
+            durable_name=durable, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait_s,
+            deliver_policy=api.DeliverPolicy.ALL, max_ack_pending=100_000,
+        )
+
+        async def cb(raw: Msg) -> None:
+            try:
+                obj = decode(raw.data, type_)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.error("terminating undecodable submission: %s", exc)
+                await raw.term()
+                return
+            meta = raw.metadata
+            try:
+                await handler(Delivery(obj, dict(raw.headers or {}), meta.num_delivered, raw))
+            except Exception:
+                log.exception("submission handler failed (message will be redelivered)")
+
+        return await self.js.subscribe(
+            subject, durable=durable, stream=stream, cb=cb, manual_ack=True, config=config
+        )

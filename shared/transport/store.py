@@ -1,0 +1,170 @@
+"""Redis store: request records (one hash per request), the deadline index, checkpoints, plans.
+
+Keys
+  dlm:req:<id>        hash: state, worker_id, updated_s, submit (JSON SubmitRequest), result (JSON RequestFinished)
+  dlm:deadlines       sorted set of *active* request ids scored by deadline_s (+inf without an SLO)
+  dlm:ckpt:<id>       JSON DecodeState of the last committed block (resume point after a crash)
+  dlm:plan            JSON Plan currently in force
+State changes go through small Lua scripts so concurrent services cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis.asyncio as aioredis
+
+from shared.schemas.cluster import Plan
+from shared.schemas.codec import decode, encode
+from shared.schemas.engine import DecodeState
+from shared.schemas.records import RequestRecord
+from shared.schemas.requests import RequestFinished, SubmitRequest
+
+DEADLINES = "dlm:deadlines"
+PLAN = "dlm:plan"
+
+# KEYS[1]=hash; ARGV: new_state, now, worker_id, allowed states...  → 1, or the current state ("" if missing)
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return '' end
+for i = 4, #ARGV do
+  if cur == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_s', ARGV[2], 'worker_id', ARGV[3])
+    return 1
+  end
+end
+return cur
+"""
+
+# KEYS: hash, deadlines, ckpt; ARGV: status, result, now, ttl, id → 1 if recorded, 0 if already finished
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result', ARGV[2], 'updated_s', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('DEL', KEYS[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS: hash; ARGV: now → 1 if it is now cancelled, else the (terminal) current state, "" if missing
+_CANCEL = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return '' end
+if cur == 'completed' or cur == 'failed' or cur == 'cancelled' then return cur end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated_s', ARGV[1])
+return 1
+"""
+
+
+def _req_key(request_id: str) -> str:
+    return f"dlm:req:{request_id}"
+
+
+def _ckpt_key(request_id: str) -> str:
+    return f"dlm:ckpt:{request_id}"
+
+
+def _text(v: bytes | str | int) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, result_ttl_s: int = 3600) -> None:
+        self.r = client
+        self.result_ttl_s = result_ttl_s
+        self._transition = client.register_script(_TRANSITION)
+        self._finish = client.register_script(_FINISH)
+        self._cancel = client.register_script(_CANCEL)
+
+    @classmethod
+    async def connect(cls, url: str, result_ttl_s: int = 3600) -> Store:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        await client.ping()
+        return cls(client, result_ttl_s)
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.r.ping())
+        except Exception:
+            return False
+
+    # -- request lifecycle ---------------------------------------------------------------------
+    async def create_request(self, submit: SubmitRequest, now_s: float) -> None:
+        deadline = submit.deadline_s if submit.deadline_s is not None else math.inf
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(_req_key(submit.request_id), mapping={
+                "state": "queued", "worker_id": "", "updated_s": repr(now_s), "submit": encode(submit),
+            })
+            p.zadd(DEADLINES, {submit.request_id: deadline})
+            await p.execute()
+
+    async def transition(self, request_id: str, new_state: str, allowed_from: tuple[str, ...], now_s: float,
+                         worker_id: str = "") -> str | None:
+        """Atomic compare-and-set of the state. None on success, else the current state ('' if unknown)."""
+        res = await self._transition(keys=[_req_key(request_id)], args=[new_state, repr(now_s), worker_id, *allowed_from])
+        return None if res == 1 else _text(res)
+
+    async def finish(self, finished: RequestFinished, now_s: float) -> bool:
+        """Record the result once; False if a result was already recorded (or the request is unknown)."""
+        rid = finished.request_id
+        res = await self._finish(
+            keys=[_req_key(rid), DEADLINES, _ckpt_key(rid)],
+            args=[finished.status, encode(finished), repr(now_s), self.result_ttl_s, rid],
+        )
+        return res == 1
+
+    async def cancel(self, request_id: str, now_s: float) -> str | None:
+        """None when the request is now cancelled; else its terminal state, or '' when unknown."""
+        res = await self._cancel(keys=[_req_key(request_id)], args=[repr(now_s)])
+        return None if res == 1 else _text(res)
+
+    async def get_record(self, request_id: str) -> RequestRecord | None:
+        return _record(request_id, await self.r.hgetall(_req_key(request_id)))
+
+    async def get_state(self, request_id: str) -> str:
+        v = await self.r.hget(_req_key(request_id), "state")
+        return _text(v) if v is not None else ""
+
+    async def active_requests(self) -> list[RequestRecord]:
+        """Every request not yet finished, earliest deadline first (the scheduler's rebuild input)."""
+        ids = [_text(i) for i in await self.r.zrange(DEADLINES, 0, -1)]
+        if not ids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in ids:
+                p.hgetall(_req_key(rid))
+            rows = await p.execute()
+        return [rec for rid, row in zip(ids, rows) if (rec := _record(rid, row)) is not None]
+
+    # -- checkpoints and plans -----------------------------------------------------------------
+    async def save_checkpoint(self, state: DecodeState) -> None:
+        await self.r.set(_ckpt_key(state.request_id), encode(state), ex=self.result_ttl_s)
+
+    async def load_checkpoint(self, request_id: str) -> DecodeState | None:
+        raw = await self.r.get(_ckpt_key(request_id))
+        return decode(raw, DecodeState) if raw else None
+
+    async def save_plan(self, plan: Plan) -> None:
+        await self.r.set(PLAN, encode(plan))
+
+    async def load_plan(self) -> Plan | None:
+        raw = await self.r.get(PLAN)
+        return decode(raw, Plan) if raw else None
+
+
+def _record(request_id: str, row: dict) -> RequestRecord | None:
+    if not row or b"submit" not in row:
+        return None
+    result = row.get(b"result")
+    return RequestRecord(
+        request_id=request_id,
+        state=_text(row[b"state"]),  # type: ignore[arg-type]
+        submit=decode(row[b"submit"], SubmitRequest),
+        worker_id=_text(row.get(b"worker_id", b"")),
+        updated_s=float(row.get(b"updated_s", b"0")),
+        result=decode(result, RequestFinished) if result else None,
+    )
