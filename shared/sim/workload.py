@@ -14,6 +14,7 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from pathlib import Path
 
@@ -93,7 +94,12 @@ def trace_path(name: str) -> Path:
 
 def load_trace(name: str) -> list[TraceRow]:
     """``azure_conv``/``azure_code`` (from data/traces) or any CSV/JSONL with time/input/output columns."""
-    path = trace_path(name)
+    return list(_load_trace(str(trace_path(name).resolve()), trace_path(name).stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=8)
+def _load_trace(path_str: str, _mtime_ns: int) -> tuple[TraceRow, ...]:
+    path = Path(path_str)
     text = path.read_text()
     if path.suffix in (".jsonl", ".json"):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -104,7 +110,7 @@ def load_trace(name: str) -> list[TraceRow]:
     if not parsed:
         raise ValueError(f"empty trace {path}")
     t0 = parsed[0][0]
-    return [TraceRow(t - t0, p, o) for t, p, o in parsed]
+    return tuple(TraceRow(t - t0, p, o) for t, p, o in parsed)
 
 
 def native_rps(rows: list[TraceRow]) -> float:

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from shared.policy.cost_model import CostModel, PiecewiseLinear
+from shared.policy.step_predictor import StepPredictor
+
+
+def test_profile_points_and_interpolation():
+    cm = CostModel.llada8b_gh200()
+    assert cm.latency("tp1", 2048) == pytest.approx(0.062)
+    assert cm.latency("tp4", 8192) == pytest.approx(0.0952)
+    # halfway between 4096 (121.4 ms) and 6144 (177.8 ms)
+    assert cm.latency("tp1", 5120) == pytest.approx((0.1214 + 0.1778) / 2)
+    # beyond the last point: last slope continues
+    assert cm.latency("tp1", 10240) > cm.latency("tp1", 8192)
+    assert cm.latency("tp1", 1) == pytest.approx(0.0268)
+
+
+def test_envelope_is_monotone():
+    cm = CostModel.llada8b_gh200()
+    xs = list(range(16, 9000, 64))
+    env = [cm.latency_envelope("tp1", x) for x in xs]
+    assert all(b >= a for a, b in zip(env, env[1:]))
+    assert cm.latency_envelope("tp1", 512) == pytest.approx(0.0268)  # raw curve dips to 24.5 ms there
+
+
+def test_online_refit_moves_toward_measurements():
+    cm = CostModel.llada8b_gh200()
+    before = cm.latency("tp1", 3072)
+    for _ in range(200):
+        cm.observe("tp1", 3072, 0.2)
+    after = cm.latency("tp1", 3072)
+    assert before < after <= 0.2 + 1e-9
+    assert after == pytest.approx(0.2, rel=0.02)
+    assert cm.latency("tp2", 3072) == pytest.approx(0.0652)  # other configs untouched
+
+
+def test_from_profile_merges_kinds(tmp_path):
+    data = {"device": "cpu", "model": "tiny", "points": [
+        {"kind": "refresh", "tokens": 64, "latency_s": 0.010},
+        {"kind": "reuse", "tokens": 64, "latency_s": 0.012},
+        {"kind": "refresh", "tokens": 256, "latency_s": 0.030},
+    ]}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    cm = CostModel.named(str(path))
+    assert cm.configs == ["tp1"]
+    assert cm.latency("tp1", 64) == pytest.approx(0.011)
+    assert cm.latency("tp1", 160) == pytest.approx(0.0205)
+
+
+def test_budget_and_throughput():
+    cm = CostModel.llada8b_gh200()
+    assert cm.budget_for("tp1", 0.065) == 2048
+    assert cm.throughput("tp1", 2048) == pytest.approx(2048 / 0.062)
+    with pytest.raises(ValueError):
+        PiecewiseLinear([])
+
+
+def test_step_predictor_prior_interpolation_and_learning():
+    sp = StepPredictor()
+    assert sp.tokens_per_step(0.9) == pytest.approx(3.02)
+    assert sp.tokens_per_step(0.75) == pytest.approx((3.89 + 4.77) / 2)
+    assert sp.tokens_per_step(1.0) == 1.0
+    assert sp.steps_left(256, 0.5) == pytest.approx(256 / 6.58)
+    assert sp.steps_left(0, 0.5) == 0.0
+    for _ in range(100):
+        sp.observe(0.9, 40, 10)  # 4 tokens per step measured
+    assert sp.tokens_per_step(0.9) == pytest.approx(4.0, rel=0.01)
+    assert sp.tokens_per_step(0.5) == pytest.approx(6.58)
