@@ -337,3 +337,28 @@ def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tm
     services = {svc for svc, s in receiver.spans() if s.trace_id.hex() == trace_id}
     assert {"gateway", "scheduler", "worker"} <= services, services
     assert {n.REQUESTS.name, n.STEPS.name, n.STEP_LATENCY.name} <= receiver.metric_names()
+
+
+def _collector_prometheus_name(spec: n.MetricSpec) -> str:
+    """The OTel→Prometheus name rule the collector's Prometheus exporter applies (suffixes on):
+    tokens of [a-zA-Z0-9:], unit suffix unless a `{annotation}` or already a token, `_total` for
+    counters, `_ratio` for gauges with unit "1"."""
+    import re
+
+    tokens = [t for t in re.split(r"[^a-zA-Z0-9:]+", spec.name) if t]
+    unit = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": "", "%": "percent"}.get(spec.unit, spec.unit)
+    if "{" in spec.unit or "}" in spec.unit:
+        unit = ""
+    if unit and unit not in tokens:
+        tokens.append(unit)
+    if spec.kind is n.Kind.COUNTER:
+        tokens = [t for t in tokens if t != "total"] + ["total"]
+    if spec.kind is n.Kind.GAUGE and spec.unit == "1":
+        tokens = [t for t in tokens if t != "ratio"] + ["ratio"]
+    return "_".join(tokens)
+
+
+def test_otlp_and_direct_scrape_give_the_same_prometheus_names() -> None:
+    for spec in n.ALL_METRICS:
+        base = spec.exposed_names()[0].removesuffix("_bucket")
+        assert _collector_prometheus_name(spec) == base, spec
