@@ -169,6 +169,11 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 300.0, progress: bool = True) -> None:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise RuntimeError(f"port {self.port} is in use: stop what holds it or pass --port") from None
         nats_port, redis_port = free_port(), free_port()
         self.infra = [start_nats(self.run_dir, nats_port), start_redis(self.run_dir, redis_port)]
         for p, port in zip(self.infra, (nats_port, redis_port)):
@@ -212,6 +217,7 @@ def main(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # explicit: a backgrounded `up` inherits SIGINT ignored
     try:
         cluster.start(timeout_s=args.timeout)
         print(_banner(cluster), flush=True)

@@ -60,6 +60,7 @@ class WorkerConfig:
     block_length: int = 8
     max_batch: int = 32
     torch_threads: int = 1
+    forward_nice: int = 5  # the forward thread runs this much "nicer" than the worker's I/O thread
     heartbeat_interval_s: float = 0.5
 
 

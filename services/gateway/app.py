@@ -243,7 +243,7 @@ async def _generate(gw: Gateway, kind: str, request: Request):
     gw.finish_metrics(acc, fin, latency_s)
     if fin.status == "failed":
         raise ApiError(500, f"request failed on the worker: {fin.error}", code="worker_error", type_="server_error")
-    return JSONResponse(R.final_body(gw, acc, fin, latency_s))
+    return JSONResponse(R.final_body(gw, acc, fin, latency_s, relay.finished_seen_s))
 
 
 async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[bytes]:

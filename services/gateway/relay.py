@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from shared.schemas.requests import BlockCommitted, RequestFinished
@@ -39,11 +40,13 @@ class Relay:
         self.queue = queue
         self.blocks = BlockAssembler()
         self.finished: RequestFinished | None = None
+        self.finished_seen_s = 0.0  # unix time the result reached this gateway
 
     async def next(self, timeout_s: float) -> Event:
         evt, _headers = await asyncio.wait_for(self.queue.get(), timeout=timeout_s)
         if isinstance(evt, RequestFinished):
-            self.finished = evt
+            if self.finished is None:
+                self.finished, self.finished_seen_s = evt, time.time()
         else:
             self.blocks.add(evt)
         return evt

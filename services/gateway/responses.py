@@ -17,7 +17,8 @@ def usage(fin: RequestFinished) -> dict[str, int]:
 
 
 def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_threshold: float | None,
-               deadline_s: float | None, latency_s: float | None) -> dict[str, Any]:
+               deadline_s: float | None, latency_s: float | None, arrival_s: float | None = None,
+               result_seen_s: float | None = None) -> dict[str, Any]:
     st = fin.stats
     met = None if slo_ms is None or latency_s is None else latency_s * 1000 <= slo_ms
     obj: dict[str, Any] = {
@@ -44,16 +45,21 @@ def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_th
             "worker_forward_ms": round((st.worker_forward_s if st else 0.0) * 1000, 3),
             "overhead_ms": round((latency_s - worker_s) * 1000, 3),  # control plane: everything but the worker
         }
+        if st and arrival_s and st.assigned_at_s:  # breakdown of the overhead (wall clocks of one host/NTP)
+            obj["timings"]["to_scheduler_ms"] = round((st.assigned_at_s - arrival_s) * 1000, 3)
+            obj["timings"]["to_worker_ms"] = round((st.received_at_s - st.assigned_at_s) * 1000, 3)
+            if result_seen_s:
+                obj["timings"]["result_return_ms"] = round((result_seen_s - fin.finished_s) * 1000, 3)
     return obj
 
 
-def _dlm_for(acc: Accepted, fin: RequestFinished, latency_s: float) -> dict[str, Any]:
+def _dlm_for(acc: Accepted, fin: RequestFinished, latency_s: float, seen_s: float | None = None) -> dict[str, Any]:
     d = acc.dlm
     deadline_s = acc.arrival_s + d.slo_ms / 1000 if d.slo_ms is not None else None
-    return dlm_object(fin, d.slo_ms, d.priority, d.min_threshold, deadline_s, latency_s)
+    return dlm_object(fin, d.slo_ms, d.priority, d.min_threshold, deadline_s, latency_s, acc.arrival_s, seen_s)
 
 
-def final_body(gw: Gateway, acc: Accepted, fin: RequestFinished, latency_s: float) -> dict[str, Any]:
+def final_body(gw: Gateway, acc: Accepted, fin: RequestFinished, latency_s: float, seen_s: float | None = None) -> dict[str, Any]:
     text = gw.tokenizer.decode(fin.output_ids)
     if acc.kind == "completion":
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": fin.finish_reason}
@@ -63,7 +69,7 @@ def final_body(gw: Gateway, acc: Accepted, fin: RequestFinished, latency_s: floa
                   "finish_reason": fin.finish_reason}
         obj = "chat.completion"
     return {"id": acc.request_id, "object": obj, "created": acc.created, "model": gw.model_name, "choices": [choice],
-            "usage": usage(fin), "dlm": _dlm_for(acc, fin, latency_s)}
+            "usage": usage(fin), "dlm": _dlm_for(acc, fin, latency_s, seen_s)}
 
 
 def chunk(gw: Gateway, acc: Accepted, delta: str | dict, finish_reason: str | None = None) -> dict[str, Any]:

@@ -197,8 +197,8 @@ class SchedulerService:
     async def dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
         s = entry.submit
         now = time.time()
-        current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
-        if current is not None:  # cancelled meanwhile, or already finished / unknown
+        done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
+        if not done:  # cancelled meanwhile, or already finished / unknown
             self.entries.pop(s.request_id, None)
             if current == "cancelled":
                 await self._finalize_cancel(s.request_id, entry)
@@ -214,7 +214,7 @@ class SchedulerService:
             headers = self.tel.inject({})
         a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
                        assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold, deadline_s=s.deadline_s,
-                       priority=s.priority)
+                       priority=s.priority, resume=current != "queued")
         try:
             ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
         except Exception as exc:  # no reply: the worker is gone or stuck; try again elsewhere

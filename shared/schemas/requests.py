@@ -37,6 +37,7 @@ class Assignment(Message, tag="assignment"):
     min_threshold: float | None = None
     deadline_s: float | None = None
     priority: int = 0
+    resume: bool = False  # it ran before (worker died / restart): continue from the Redis checkpoint
 
 
 class AssignmentAck(Message, tag="assignment_ack"):
@@ -82,6 +83,8 @@ class RequestStats(Message, tag="request_stats"):
     queue_s: float = 0.0  # gateway arrival → worker received the assignment (clock of both hosts)
     worker_s: float = 0.0  # worker received → finished: the request's time on the model instance
     worker_forward_s: float = 0.0  # sum of the forward steps it took part in
+    assigned_at_s: float = 0.0  # unix time the scheduler persisted the assignment
+    received_at_s: float = 0.0  # unix time the worker received it
 
 
 class RequestFinished(Message, tag="request_finished"):

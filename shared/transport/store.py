@@ -23,17 +23,17 @@ from shared.schemas.requests import RequestFinished, SubmitRequest
 DEADLINES = "dlm:deadlines"
 PLAN = "dlm:plan"
 
-# KEYS[1]=hash; ARGV: new_state, now, worker_id, allowed states...  → 1, or the current state ("" if missing)
+# KEYS[1]=hash; ARGV: new_state, now, worker_id, allowed states...  → {1 if done else 0, previous state or ""}
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return '' end
+if not cur then return {0, ''} end
 for i = 4, #ARGV do
   if cur == ARGV[i] then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_s', ARGV[2], 'worker_id', ARGV[3])
-    return 1
+    return {1, cur}
   end
 end
-return cur
+return {0, cur}
 """
 
 # KEYS: hash, deadlines, ckpt; ARGV: status, result, now, ttl, id → 1 if recorded, 0 if already finished
@@ -103,10 +103,10 @@ class Store:
             await p.execute()
 
     async def transition(self, request_id: str, new_state: str, allowed_from: tuple[str, ...], now_s: float,
-                         worker_id: str = "") -> str | None:
-        """Atomic compare-and-set of the state. None on success, else the current state ('' if unknown)."""
-        res = await self._transition(keys=[_req_key(request_id)], args=[new_state, repr(now_s), worker_id, *allowed_from])
-        return None if res == 1 else _text(res)
+                         worker_id: str = "") -> tuple[bool, str]:
+        """Atomic compare-and-set of the state: (done, previous state; '' if the request is unknown)."""
+        done, prev = await self._transition(keys=[_req_key(request_id)], args=[new_state, repr(now_s), worker_id, *allowed_from])
+        return done == 1, _text(prev)
 
     async def finish(self, finished: RequestFinished, now_s: float) -> bool:
         """Record the result once; False if a result was already recorded (or the request is unknown)."""
