@@ -315,15 +315,21 @@ def test_observability_doc_lists_every_metric() -> None:
         assert f"`{spec.exposed_names()[0].removesuffix('_bucket')}`" in doc, spec.name
 
 
+def _services_in_trace(receiver: OtlpReceiver, trace_id: str) -> set[str]:
+    return {svc for svc, s in receiver.spans() if s.trace_id.hex() == trace_id}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DILASERVE_E2E") != "1", reason="end-to-end: set DILASERVE_E2E=1 (starts NATS, Redis, services)")
 def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tmp_path: Path) -> None:
-    """A request carrying our traceparent yields spans from every service in that same trace."""
+    """A request carrying our traceparent yields spans from every service in that same trace:
+    the gateway continues the client's context (instrument_fastapi) and it crosses both NATS hops."""
     import httpx
 
     from services.local_cluster import LocalCluster, free_port
 
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500",
+           "OTEL_BSP_SCHEDULE_DELAY": "200"}  # export within ~0.2 s instead of relying on shutdown flushes
     cluster = LocalCluster(tmp_path / "run", num_workers=1, port=free_port(), extra_env=env)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     try:
@@ -332,10 +338,15 @@ def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tm
                           headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
                           json={"model": "dilaserve-tiny", "prompt": "1+1=", "max_tokens": 8})
         assert resp.status_code == 200, resp.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not {"gateway", "scheduler", "worker"} <= _services_in_trace(receiver, trace_id):
+            time.sleep(0.2)
     finally:
-        cluster.stop()  # SIGTERM: every service flushes its telemetry on the way out
-    services = {svc for svc, s in receiver.spans() if s.trace_id.hex() == trace_id}
-    assert {"gateway", "scheduler", "worker"} <= services, services
+        cluster.stop()
+    traces: dict[str, set[str]] = {}
+    for svc, s in receiver.spans():
+        traces.setdefault(s.trace_id.hex(), set()).add(f"{svc}:{s.name}")
+    assert {"gateway", "scheduler", "worker"} <= _services_in_trace(receiver, trace_id), traces
     assert {n.REQUESTS.name, n.STEPS.name, n.STEP_LATENCY.name} <= receiver.metric_names()
 
 
