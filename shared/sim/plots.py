@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from shared.sim.runner import Trace
 
 COLORS = {"fcfs": "#7f7f7f", "balance": "#1f77b4", "tedi": "#ff7f0e", "dilaserve": "#2ca02c"}
+STYLES = {"fcfs": "-", "balance": "--", "tedi": "-", "dilaserve": ":"}  # overlapping curves stay visible
+
+
+def _style(name: str) -> dict:
+    return {"color": COLORS.get(name), "linestyle": STYLES.get(name, "-"), "label": name}
 
 
 def _plt():
@@ -32,7 +37,7 @@ def attainment_curve(report: dict, x_key: str, path: Path, xlabel: str) -> Path:
     pts = report["points"]
     for name in report["config"]["policies"]:
         ax.plot([p[x_key] for p in pts], [p["policies"][name]["slo_attainment"] for p in pts], marker="o",
-                ms=3, label=name, color=COLORS.get(name))
+                ms=3, **_style(name))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("SLO attainment")
     ax.set_ylim(-0.02, 1.02)
@@ -48,7 +53,7 @@ def latency_cdf(raw: dict[str, "Trace"], path: Path, title: str) -> Path:
         lat = res.latencies
         if lat:
             n = len(lat)
-            ax.plot(lat, [(i + 1) / n for i in range(n)], label=name, color=COLORS.get(name))
+            ax.plot(lat, [(i + 1) / n for i in range(n)], **_style(name))
     ax.set_xlabel("end-to-end latency (s), finished requests")
     ax.set_ylabel("CDF")
     ax.set_title(title, fontsize=9)
@@ -62,8 +67,8 @@ def tau_over_time(raw: dict[str, "Trace"], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, res in raw.items():
         if res.tau_timeline:
-            ax.plot([t for t, _ in res.tau_timeline], [v for _, v in res.tau_timeline], label=name,
-                    color=COLORS.get(name), lw=1)
+            ax.plot([t for t, _ in res.tau_timeline], [v for _, v in res.tau_timeline], lw=1.5,
+                    **_style(name))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mean τ of running requests")
     ax.set_title(title, fontsize=9)
