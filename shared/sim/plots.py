@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from shared.sim.runner import Trace
 
 COLORS = {"fcfs": "#7f7f7f", "balance": "#1f77b4", "tedi": "#ff7f0e", "dilaserve": "#2ca02c"}
-STYLES = {"fcfs": "-", "balance": "--", "tedi": "-", "dilaserve": ":"}  # overlapping curves stay visible
+STYLES = {"fcfs": "-", "balance": "--", "tedi": "-.", "dilaserve": "-"}  # overlapping curves stay visible
 
 
 def _style(name: str) -> dict:
