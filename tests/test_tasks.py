@@ -1,0 +1,40 @@
+"""Task suite: deterministic, exact ground truth, eval problems never generated for training."""
+
+from __future__ import annotations
+
+import random
+
+from shared.tasks import MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
+
+
+def test_same_seed_same_problems_and_different_seeds_differ():
+    assert make_problems(50, seed=3) == make_problems(50, seed=3)
+    assert make_problems(50, seed=3) != make_problems(50, seed=4)
+
+
+def test_eval_problems_never_generated_for_training():
+    evals = {p.prompt for p in make_problems(300, seed=0)}
+    assert all(split_of(p) == "eval" for p in evals)
+    rng = random.Random(99)
+    train = {sample_problem(rng, "train").prompt for _ in range(5000)}
+    assert not evals & train
+    assert all(split_of(p) == "train" for p in train)
+
+
+def test_answers_are_exact():
+    for p in make_problems(400, seed=1):
+        body = p.prompt[:-1]
+        if p.task in ("add", "sub", "mul"):
+            assert int(p.answer) == eval(body)  # noqa: S307 - our own generated arithmetic
+        elif p.task == "sort":
+            assert p.answer == "".join(sorted(body.split(":")[1]))
+        else:
+            assert p.answer == body.split(":")[1][::-1]
+        assert check_answer(p, f" {p.answer} ") and not check_answer(p, p.answer + "0")
+
+
+def test_every_task_appears_and_some_span_several_blocks():
+    problems = make_problems(500, seed=5)
+    assert {p.task for p in problems} == set(TASKS)
+    assert max(len(p.answer) for p in problems) > 16  # > 2 blocks of 8 in a 32-token canvas
+    assert max(len(p.answer) for p in problems) <= MAX_ANSWER_CHARS
