@@ -28,6 +28,7 @@ def bad_request(message: str, param: str | None, code: str = "invalid_value") ->
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]+)`")
 
 
 def from_validation_error(exc: msgspec.ValidationError) -> ApiError:
@@ -41,6 +42,9 @@ def from_validation_error(exc: msgspec.ValidationError) -> ApiError:
     if m := _MISSING.search(text):
         path = f"{path}.{m.group('field')}" if path else m.group("field")
         code = "missing_required_parameter"
+    elif m := _UNKNOWN.search(text):
+        path = f"{path}.{m.group('field')}" if path else m.group("field")
+        code = "unknown_parameter"
     param = path or None
     message = f"{text} (field `{param}`)" if param else text
     return ApiError(400, message, param=param, code=code)

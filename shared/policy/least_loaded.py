@@ -16,6 +16,7 @@ from shared.policy.types import InstanceView, Placement, RequestView, SchedulerO
 class LeastLoadedPolicy:
     default_cap: float = 0.9
     default_token_budget: int = 4096  # tokens (prompt + canvas) in flight per instance
+    _turn: int = 0  # rotates the tie-break so equally loaded instances take turns
 
     def schedule(
         self,
@@ -32,7 +33,9 @@ class LeastLoadedPolicy:
             fits = [iid for iid, used in load.items() if used + req.full_len <= budget[iid] or used == 0]
             if not fits:
                 continue  # a smaller request behind it may still fit somewhere
-            target = min(fits, key=lambda iid: (load[iid], iid))
+            order = {iid: (i - self._turn) % len(load) for i, iid in enumerate(sorted(load))}
+            target = min(fits, key=lambda iid: (load[iid], order[iid]))
+            self._turn += 1
             load[target] += req.full_len
             out.placements.append(Placement(request_id=req.request_id, instance_id=target,
                                             cap=max(self.default_cap, req.min_threshold), deadline_s=req.deadline_s))
