@@ -98,7 +98,7 @@ class PlannerInput:
     slo_margin: float = 1.0  # plan each class against slo_margin · S_k
     utilization: float = 1.0  # ρ: usable fraction of each instance's time
     slack_cap: float = 0.25  # relative slack beyond this earns nothing (leaves room to shrink)
-    lex_tol: float = 1e-3  # relative give on an earlier stage's optimum when bounding it
+    lex_tol: float = 1e-6  # relative give on an earlier stage's optimum when bounding it (numerics only)
     min_instances: int = 1  # never plan an empty cluster while GPUs exist
 
 
