@@ -94,9 +94,9 @@ def dlm_params(body: _Body, headers: Mapping[str, str]) -> DlmParams:
     priority, _ = pick("priority", "x-priority", int)
     min_thr, thr_param = pick("min_threshold", "x-min-threshold", float)
     if slo_ms is not None and not slo_ms > 0:
-        raise bad_request(f"slo_ms must be > 0 (an end-to-end deadline in milliseconds), got {slo_ms}", slo_param)
+        raise bad_request(f"{slo_param} must be > 0 (an end-to-end deadline in milliseconds), got {slo_ms}", slo_param)
     if min_thr is not None and not 0 < min_thr <= 1:
-        raise bad_request(f"min_threshold must be in (0, 1], got {min_thr}", thr_param)
+        raise bad_request(f"{thr_param} must be in (0, 1], got {min_thr}", thr_param)
     return DlmParams(slo_ms=slo_ms, priority=priority or 0, min_threshold=min_thr)
 
 
