@@ -69,6 +69,7 @@ class Simulator:
         self.events: list[tuple[float, int, int, int]] = []
         self._seq = 0
         self._tau_bins: dict[int, list[float]] = {}
+        self._pending_restart: SimInstance | None = None  # the instance whose step just ended
 
     def _push(self, t: float, kind: int, arg: int) -> None:
         heapq.heappush(self.events, (t, self._seq, kind, arg))
@@ -156,8 +157,7 @@ class Simulator:
             if r.placed_s is None:
                 r.placed_s = now
             self.by_id[p.instance_id].members[r.request_id] = r
-        restart = getattr(self, "_pending_restart", None)
-        self._pending_restart = None
+        restart, self._pending_restart = self._pending_restart, None
         if restart is not None:
             self._start(restart, now)
         for p in out.placements:
