@@ -409,6 +409,9 @@ def _kept_plan(inp: PlannerInput, current: Layout, reason: str, status: str, sol
     if model is None:
         plan = _empty_plan(inp, reason, status)
         plan.instances, plan.nodes, plan.changed = counts, nodes, False
+        tp = {c.name: c.tp for c in inp.configs}
+        plan.objectives["instances"] = float(sum(counts.values()))
+        plan.objectives["gpus"] = float(sum(tp.get(g, 0) * n for g, n in counts.items()))
         plan.kept_instances = sum(counts.values())
         return plan
     return Plan(instances=counts, nodes=nodes, targets=targets(model, sol),
