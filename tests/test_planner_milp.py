@@ -159,3 +159,27 @@ def test_workload_classes_split_and_summarise():
         (100, 64, 4.0, 3.0), (2000, 512, 20.0, 2.0)]
     assert workload_classes([], 1.0, 5) == []
     assert len(workload_classes(long, 1.0, 5)) == 1  # identical points cannot be split
+
+
+def test_deterministic():
+    kw = dict(configs=(TP1, TP2), gpus=(4, 4), thresholds=THR)
+    a, b = plan_for(1.3, **kw), plan_for(1.3, **kw)
+    assert (a.instances, a.nodes, a.assignments) == (b.instances, b.nodes, b.assignments)
+
+
+def test_plan_bench_writes_runs(tmp_path):
+    import argparse
+    import json
+
+    from services.planner import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "pb.json"
+    args = parser.parse_args(["--gpus", "8", "--classes", "3", "--repeats", "2", "--arrivals", "50",
+                              "--caches", "dual", "--json", str(out)])
+    assert bench.main(args) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["gpus"] == 8 and run["classes"] == 3
+    assert run["solve_s_p50"] <= run["solve_s_max"] and 0.0 <= run["gap"] <= 0.01
+    assert bench.main(parser.parse_args(["--tps", "8"])) == 2  # no tp8 curve in the profile: clear error

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from shared.policy.planner_columns import class_columns, latency_model
 from shared.policy.planner_milp import default_configs, solve_plan
-from shared.policy.planner_types import ArrivalSample, ConfigSpec, Layout, PlannerInput, WorkloadClass
+from shared.policy.planner_types import (
+    ArrivalSample, ConfigSpec, Layout, PlannerError, PlannerInput, WorkloadClass,
+)
 from shared.policy.planner_workload import workload_classes
 
 BASE_S_PER_256 = 1.9  # GSM8K base latency for 256 output tokens (DESIGN §5)
@@ -116,8 +118,12 @@ def bench_size(args: argparse.Namespace, gpus: int, configs: list[ConfigSpec]) -
 
 
 def main(args: argparse.Namespace) -> int:
-    configs = default_configs(tps=tuple(int(x) for x in args.tps.split(",")),
-                              caches=tuple(args.caches.split(",")))
+    try:
+        configs = default_configs(tps=tuple(int(x) for x in args.tps.split(",")),
+                                  caches=tuple(args.caches.split(",")))
+    except PlannerError as exc:
+        print(f"plan-bench: {exc}", file=sys.stderr)
+        return 2
     runs = []
     for gpus in (int(x) for x in args.gpus.split(",")):
         run = bench_size(args, gpus, configs)
