@@ -183,3 +183,12 @@ def test_plan_bench_writes_runs(tmp_path):
     assert run["gpus"] == 8 and run["classes"] == 3
     assert run["solve_s_p50"] <= run["solve_s_max"] and 0.0 <= run["gap"] <= 0.01
     assert bench.main(parser.parse_args(["--tps", "8"])) == 2  # no tp8 curve in the profile: clear error
+
+
+def test_time_limit_without_incumbent_keeps_current_layout():
+    cur = Layout(({"tp1": 2},))
+    p = solve_plan(PlannerInput([klass(1.0)], [TP1], THR, [2], current=cur, time_limit_s=1e-12))
+    assert p.status == "solver_failed" and not p.changed
+    assert p.instances == {"tp1": 2} and "solver failed" in p.reason
+    fresh = solve_plan(PlannerInput([klass(1.0)], [TP1], THR, [2], time_limit_s=1e-12))
+    assert fresh.status == "solver_failed" and fresh.instances == {}
