@@ -170,6 +170,7 @@ class LocalCluster:
 
     def start(self, timeout_s: float = 300.0, progress: bool = True) -> None:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is fine
             try:
                 s.bind(("127.0.0.1", self.port))
             except OSError:

@@ -128,8 +128,10 @@ class Gateway:
         sub, queue = await self.bus.subscribe_queue(subjects.request_events(acc.request_id), BlockCommitted | RequestFinished)
         relay = Relay(sub, queue)
         try:
-            await self.store.create_request(msg, acc.arrival_s)
-            await self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({}))
+            # Both writes at once (one round trip, not two). The scheduler tolerates seeing the
+            # submission a moment before the Redis record (it retries briefly).
+            await asyncio.gather(self.store.create_request(msg, acc.arrival_s),
+                                 self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({})))
         except Exception as exc:
             await relay.close()
             log.exception("submission of %s failed", acc.request_id)

@@ -32,6 +32,7 @@ class _Entry:
     headers: dict[str, str]
     delivery: Delivery | None = None  # None when rebuilt from Redis or re-queued after a worker died
     worker_id: str | None = None  # None = queued
+    record_retries: int = 0
 
 
 @dataclass
@@ -198,6 +199,10 @@ class SchedulerService:
         s = entry.submit
         now = time.time()
         done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
+        if not done and current == "" and entry.record_retries < 50:
+            entry.record_retries += 1  # the gateway writes Redis and JetStream concurrently: record not there yet
+            self._requeue(entry, delay_s=0.002)
+            return
         if not done:  # cancelled meanwhile, or already finished / unknown
             self.entries.pop(s.request_id, None)
             if current == "cancelled":

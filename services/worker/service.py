@@ -108,6 +108,7 @@ class WorkerService:
 
     # -- inputs -------------------------------------------------------------------------------
     async def on_assign(self, a: Assignment, headers: dict[str, str]) -> AssignmentAck:
+        received_s, received_mono = time.time(), time.monotonic()
         rid = a.request_id
         if rid in self.meta:
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True, reason="duplicate")
@@ -135,7 +136,7 @@ class WorkerService:
             await self._finalize(RequestFinished(request_id=rid, status="failed", finish_reason="error", error=str(exc),
                                                  num_prompt_tokens=len(a.prompt_ids), finished_s=time.time()), trace_headers)
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=str(exc))
-        self.meta[rid] = _Meta(a, now, time.monotonic(), tau, trace_headers)
+        self.meta[rid] = _Meta(a, received_s, received_mono, tau, trace_headers)
         self.pending.append(state)
         if state.block_index > 0:  # resumed: re-announce blocks already committed (gateways dedupe)
             self._publish_blocks(state, 0, state.block_index)
@@ -216,9 +217,9 @@ class WorkerService:
                 self._publish_blocks(state, r.block_index, state.block_index)
                 if r.request_id not in finished:
                     checkpoints.append(self.store.save_checkpoint(state))
+        # Results first (all at once); checkpoints of the unfinished can wait a round trip.
+        await asyncio.gather(*(self._finish(state, status="completed") for state in out.finished))
         await asyncio.gather(*checkpoints)
-        for state in out.finished:
-            await self._finish(state, status="completed")
         if any(r.block_finished for r in out.requests):
             await self.bus.flush()  # hand the events to NATS now, not after the next forward
         self.tel.metrics.step(
