@@ -88,3 +88,14 @@ def test_keep_output_lengths_from_trace():
     report, _ = run(spec, [(5.0, 5.0)])
     m = report["points"][0]["policies"]["fcfs"]
     assert m["refresh_steps"] < 8 * report["points"][0]["requests"]  # code outputs are short: fewer blocks
+
+
+def test_reject_and_no_drop_switches_are_reported():
+    reqs = [SimRequest(f"r{i}", 0.0, 200, 256, 0.3 if i % 2 else 30.0) for i in range(6)]
+    res = simulate("dilaserve", reqs, ["tp1"], "llada8b-gh200", seed=0, reject_infeasible=True)
+    s = summarize(res, 1.0)
+    assert s["rejected"] == 3 and s["finished"] == 3 and s["slo_attainment"] == 0.5
+    spec = small_spec(policies=("dilaserve",), drop=False, duration_s=20.0)
+    report, _ = run(spec, [(20.0, 2.0)])
+    assert report["points"][0]["policies"]["dilaserve"]["dropped"] == 0
+    assert report["config"]["dilaserve_drop"] is False

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tedi's single SLO under a class mix: traffic-weighted mean or the tightest")
     p.add_argument("--budget-step", type=float, default=0.065, metavar="S",
                    help="per-instance token budget: the most tokens whose step latency stays under S seconds")
+    p.add_argument("--reject-infeasible", action="store_true",
+                   help="dilaserve refuses at arrival what cannot make its deadline even alone at the lowest τ")
     p.add_argument("--no-drop", action="store_true", help="dilaserve keeps hopeless queued requests")
     p.add_argument("--quality", default=None, help="accuracy-vs-τ JSON (default: LLaDA anchors, see docs)")
     p.add_argument("--json", default=None, help="write the report here")
@@ -69,7 +71,7 @@ def build_spec(args: argparse.Namespace):
                               args.keep_output),
         classes=parse_slo_mix(args.slo_mix), base_latency_s=args.base_latency, burst_cv=args.burst_cv,
         candidates=_floats(args.thresholds), fixed_threshold=args.fixed_threshold, tedi_slo=args.tedi_slo,
-        drop=not args.no_drop, budget_step_s=args.budget_step,
+        drop=not args.no_drop, reject=args.reject_infeasible, budget_step_s=args.budget_step,
         quality=QualityModel.from_json(args.quality) if args.quality else None)
 
 

@@ -43,6 +43,7 @@ class SimSpec:
     fixed_threshold: float = 0.9
     tedi_slo: str = "mean"  # tedi's one SLO under a class mix: traffic-weighted "mean" or "min"
     drop: bool = True  # dilaserve drops queued requests that can no longer make it
+    reject: bool = False  # dilaserve refuses infeasible requests at arrival
     budget_step_s: float = 0.065  # per-instance token budget: most tokens whose step stays under this
     quality: QualityModel | None = None
 
@@ -80,8 +81,8 @@ def run_point(spec: SimSpec, rps: float | None, slo_scale: float, base: float) -
     for name in spec.policies:
         kwargs = {"global_slo_s": tedi_slo(spec, slo_scale, base), "candidates": spec.candidates,
                   "fixed_threshold": spec.fixed_threshold, "budget_step_s": spec.budget_step_s}
-        if name == "dilaserve" and not spec.drop:
-            kwargs["drop_expired"] = False
+        if name == "dilaserve":
+            kwargs.update(drop_expired=spec.drop, reject_infeasible=spec.reject)
         res = simulate(name, reqs, configs, spec.config, spec.seed, block_len=spec.scaling.block_len,
                        quality=spec.quality, **kwargs)
         summaries[name] = summarize(res, span)
@@ -103,7 +104,7 @@ def report_config(spec: SimSpec, base: float, prompt_median: float) -> dict:
         "slo_classes": [{"name": c.name, "fraction": c.fraction, "multiplier": c.multiplier,
                          "priority": c.priority, "min_threshold": c.min_threshold} for c in spec.classes],
         "thresholds": list(spec.candidates), "fixed_threshold": spec.fixed_threshold,
-        "tedi_slo": spec.tedi_slo, "dilaserve_drop": spec.drop, "budget_step_s": spec.budget_step_s,
+        "tedi_slo": spec.tedi_slo, "dilaserve_drop": spec.drop, "dilaserve_reject": spec.reject, "budget_step_s": spec.budget_step_s,
     }
     if spec.trace not in GENERATORS:
         cfg["native_rps"] = round(native_rps(load_trace(spec.trace)), 6)
