@@ -6,9 +6,9 @@ evaluation problems cannot appear in training data whatever the seeds.
 
 Tasks (answers up to 24 characters, so with the default canvas of 32 tokens and block 8 the long ones
 span several blocks):
-- add / sub: multi-digit arithmetic; carries and borrows make answer digits depend on one another,
+- add / sub: up to 3-digit arithmetic; carries and borrows make answer digits depend on one another,
   which is exactly where committing many tokens in parallel can go wrong.
-- mul: a multi-digit number times one digit.
+- mul: a number of up to 2 digits times one digit.
 - sort: sort a list of digits.
 - rev: reverse a string of letters (up to 24 letters: several blocks).
 """
@@ -45,18 +45,18 @@ def _number(rng: random.Random, max_digits: int) -> int:
 
 
 def _add(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 4), _number(rng, 4)
+    a, b = _number(rng, 3), _number(rng, 3)
     return f"{a}+{b}=", str(a + b)
 
 
 def _sub(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 4), _number(rng, 4)
+    a, b = _number(rng, 3), _number(rng, 3)
     a, b = max(a, b), min(a, b)
     return f"{a}-{b}=", str(a - b)
 
 
 def _mul(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 3), rng.randint(2, 9)
+    a, b = _number(rng, 2), rng.randint(2, 9)
     return f"{a}*{b}=", str(a * b)
 
 
