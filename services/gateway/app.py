@@ -25,6 +25,7 @@ from services.gateway.http_models import (
 from services.gateway.relay import Relay
 from services.gateway.tokenizer import ModelTokenizer, default_model_dir
 from shared import subjects
+from shared.telemetry import names as tn
 from shared.config import Config
 from shared.schemas.cluster import SchedulerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
@@ -227,9 +228,9 @@ def create_app(cfg: Config, tel) -> FastAPI:
 
 
 async def _generate(gw: Gateway, kind: str, request: Request):
-    with gw.tel.tracer.start_as_current_span(f"gateway.{kind}") as span:
+    with gw.tel.tracer.start_as_current_span(tn.SPAN_GATEWAY_COMPLETION if kind == "completion" else tn.SPAN_GATEWAY_CHAT) as span:
         acc = gw.accept(kind, await request.body(), request.headers)
-        span.set_attribute("dlm.request_id", acc.request_id)
+        span.set_attribute(tn.ATTR_REQUEST_ID, acc.request_id)
         relay = await gw.submit(acc)
     if acc.stream:
         return StreamingResponse(_stream(gw, acc, relay), media_type="text/event-stream", headers=SSE_HEADERS)

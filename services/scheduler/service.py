@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from shared import subjects
+from shared.telemetry import names as tn
 from shared.config import NatsConfig, SchedulerConfig
 from shared.policy.types import InstanceView, RequestView
 from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
@@ -213,9 +214,9 @@ class SchedulerService:
         if entry.delivery is not None:
             await entry.delivery.ack()  # the assignment is persisted: JetStream may forget the submission
             entry.delivery = None
-        with self.tel.tracer.start_as_current_span("scheduler.place", context=self.tel.extract(entry.headers)) as span:
-            span.set_attribute("dlm.request_id", s.request_id)
-            span.set_attribute("dlm.worker_id", worker_id)
+        with self.tel.tracer.start_as_current_span(tn.SPAN_SCHEDULER_PLACE, context=self.tel.extract(entry.headers)) as span:
+            span.set_attribute(tn.ATTR_REQUEST_ID, s.request_id)
+            span.set_attribute(tn.ATTR_INSTANCE_ID, worker_id)
             headers = self.tel.inject({})
         a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
                        assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold, deadline_s=s.deadline_s,

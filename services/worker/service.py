@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids
 from shared import subjects
+from shared.telemetry import names as tn
 from shared.config import WorkerConfig
 from shared.schemas.cluster import WorkerHeartbeat
 from shared.schemas.engine import DecodeState
@@ -114,8 +115,8 @@ class WorkerService:
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True, reason="duplicate")
         if self.stopping:
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason="worker stopping", retry=True)
-        with self.tel.tracer.start_as_current_span("worker.assign", context=self.tel.extract(headers)) as span:
-            span.set_attribute("dlm.request_id", rid)
+        with self.tel.tracer.start_as_current_span(tn.SPAN_WORKER_ASSIGN, context=self.tel.extract(headers)) as span:
+            span.set_attribute(tn.ATTR_REQUEST_ID, rid)
             trace_headers = self.tel.inject({})
         now = time.time()
         if rid in self.recent_cancels:  # the cancel overtook the assignment
