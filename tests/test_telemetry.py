@@ -320,7 +320,6 @@ def _services_in_trace(receiver: OtlpReceiver, trace_id: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DILASERVE_E2E") != "1", reason="end-to-end: set DILASERVE_E2E=1 (starts NATS, Redis, services)")
 def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tmp_path: Path) -> None:
     """A request carrying our traceparent yields spans from every service in that same trace:
     the gateway continues the client's context (instrument_fastapi) and it crosses both NATS hops."""

@@ -224,6 +224,7 @@ def create_app(cfg: Config, tel) -> FastAPI:
                            param="request_id", code="request_finished")
         return {"id": request_id, "object": "dlm.request", "status": "cancelled"}
 
+    tel.instrument_fastapi(app)  # continue the caller's trace (W3C traceparent) into the gateway span
     return app
 
 

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids
+from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids, rewind_to_block_start
 from shared import subjects
 from shared.telemetry import names as tn
 from shared.config import WorkerConfig
@@ -104,7 +104,8 @@ class WorkerService:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for rid in self.engine.request_ids:
-            await self.store.save_checkpoint(self.engine.state(rid))
+            # A block-boundary checkpoint: resuming it reproduces the uninterrupted output exactly.
+            await self.store.save_checkpoint(rewind_to_block_start(self.engine.state(rid)))
         await self._publish_heartbeat(draining=True)
 
     # -- inputs -------------------------------------------------------------------------------
