@@ -226,7 +226,8 @@ class WorkerService:
             await self.bus.flush()  # hand the events to NATS now, not after the next forward
         self.tel.metrics.step(
             latency_s=out.elapsed_s, tokens_executed=out.num_tokens_executed, num_refresh=out.num_refresh,
-            num_reuse=len(out.requests) - out.num_refresh, committed_tokens=committed,
+            num_reuse=len(out.requests) - out.num_refresh,
+            committed_tokens=[len(r.committed_token_ids) for r in out.requests],
             thresholds=[r.threshold for r in out.requests],
             caps=[self.meta[r.request_id].assignment.threshold_cap for r in out.requests if r.request_id in self.meta],
         )
