@@ -6,9 +6,12 @@ evaluation problems cannot appear in training data whatever the seeds.
 
 Tasks (answers up to 24 characters, so with the default canvas of 32 tokens and block 8 the long ones
 span several blocks):
-- add / sub: up to 3-digit arithmetic; carries and borrows make answer digits depend on one another,
+- add / sub: 3-digit arithmetic; carries and borrows make answer digits depend on one another,
   which is exactly where committing many tokens in parallel can go wrong.
-- mul: a number of up to 2 digits times one digit.
+- mul: a 2-digit number times one digit.
+Numbers are written zero-padded to a fixed width (operands 3 digits, sums 4, differences 3, products 3):
+digit i of every operand then sits at a fixed offset from digit i of the answer, which a small model
+learns far more easily than aligning variable-length numbers by their last digit.
 - sort: sort a list of digits.
 - rev: reverse a string of letters (up to 24 letters: several blocks).
 """
@@ -39,25 +42,20 @@ def split_of(prompt: str) -> Split:
     return "eval" if digest[0] % EVAL_BUCKETS == 0 else "train"
 
 
-def _number(rng: random.Random, max_digits: int) -> int:
-    digits = rng.randint(1, max_digits)
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
-
-
 def _add(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 3), _number(rng, 3)
-    return f"{a}+{b}=", str(a + b)
+    a, b = rng.randint(0, 999), rng.randint(0, 999)
+    return f"{a:03d}+{b:03d}=", f"{a + b:04d}"
 
 
 def _sub(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 3), _number(rng, 3)
+    a, b = rng.randint(0, 999), rng.randint(0, 999)
     a, b = max(a, b), min(a, b)
-    return f"{a}-{b}=", str(a - b)
+    return f"{a:03d}-{b:03d}=", f"{a - b:03d}"
 
 
 def _mul(rng: random.Random) -> tuple[str, str]:
-    a, b = _number(rng, 2), rng.randint(2, 9)
-    return f"{a}*{b}=", str(a * b)
+    a, b = rng.randint(0, 99), rng.randint(2, 9)
+    return f"{a:02d}*{b}=", f"{a * b:03d}"
 
 
 def _sort(rng: random.Random) -> tuple[str, str]:
@@ -79,10 +77,21 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
 }
 
 
-def sample_problem(rng: random.Random, split: Split, tasks: tuple[str, ...] = TASKS) -> Problem:
-    """Draw one problem of the given split (rejection on the prompt hash)."""
+# Training draws the arithmetic tasks more often: they are the hard ones for a small model (reversal
+# and sorting are learned early). Evaluation stays uniform over tasks.
+TRAIN_TASK_WEIGHTS: dict[str, float] = {"add": 3.0, "sub": 3.0, "mul": 2.0, "sort": 1.5, "rev": 1.0}
+
+
+def sample_problem(
+    rng: random.Random,
+    split: Split,
+    tasks: tuple[str, ...] = TASKS,
+    weights: dict[str, float] | None = None,
+) -> Problem:
+    """Draw one problem of the given split (rejection on the prompt hash); ``weights`` biases the task."""
+    w = [weights.get(t, 1.0) for t in tasks] if weights else None
     while True:
-        task = rng.choice(tasks)
+        task = rng.choices(tasks, weights=w)[0] if w else rng.choice(tasks)
         prompt, answer = GENERATORS[task](rng)
         if split_of(prompt) == split:
             return Problem(task, prompt, answer)

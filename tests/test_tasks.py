@@ -21,11 +21,23 @@ def test_eval_problems_never_generated_for_training():
     assert all(split_of(p) == "train" for p in train)
 
 
+def test_training_weights_favour_arithmetic_and_keep_the_split():
+    from shared.tasks import TRAIN_TASK_WEIGHTS
+
+    rng = random.Random(7)
+    drawn = [sample_problem(rng, "train", weights=TRAIN_TASK_WEIGHTS) for _ in range(3000)]
+    counts = {t: sum(p.task == t for p in drawn) for t in TASKS}
+    assert counts["add"] > 2 * counts["rev"] and all(split_of(p.prompt) == "train" for p in drawn)
+
+
 def test_answers_are_exact():
     for p in make_problems(400, seed=1):
         body = p.prompt[:-1]
         if p.task in ("add", "sub", "mul"):
-            assert int(p.answer) == eval(body)  # noqa: S307 - our own generated arithmetic
+            op = {"add": "+", "sub": "-", "mul": "*"}[p.task]
+            a, b = (int(x) for x in body.split(op))
+            assert int(p.answer) == {"add": a + b, "sub": a - b, "mul": a * b}[p.task]
+            assert len(p.answer) == {"add": 4, "sub": 3, "mul": 3}[p.task]  # fixed width, zero-padded
         elif p.task == "sort":
             assert p.answer == "".join(sorted(body.split(":")[1]))
         else:

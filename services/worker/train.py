@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared.tasks import sample_problem
+from shared.tasks import TRAIN_TASK_WEIGHTS, sample_problem
 from services.worker.model import LLaDAConfig, LLaDAModelLM, register_llada
 from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_tokenizer
 
@@ -32,7 +32,7 @@ from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_
 class TrainConfig:
     out: str = "models/dilaserve-tiny"
     run_dir: str = "runs/train"
-    steps: int = 6000
+    steps: int = 5000
     batch_size: int = 96
     lr: float = 1.5e-3
     warmup_steps: int = 200
@@ -87,7 +87,7 @@ def make_batch(cfg: TrainConfig, codec: CharCodec, step: int) -> tuple[torch.Ten
     rng = random.Random(f"train:{cfg.seed}:{step}")
     rows = []
     for i in range(cfg.batch_size):
-        p = sample_problem(rng, "train")
+        p = sample_problem(rng, "train", weights=TRAIN_TASK_WEIGHTS)
         ans = codec.encode(p.answer)
         canvas_len = rng.randint(max(cfg.min_canvas, len(ans) + 1), cfg.max_canvas)
         canvas = ans + [codec.eos] * (canvas_len - len(ans))
