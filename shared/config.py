@@ -7,6 +7,7 @@ Nothing is read at import time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,6 +40,41 @@ class GatewayConfig:
     model_name: str = "dilaserve-tiny"
     default_max_tokens: int = 32
     request_timeout_s: float = 300.0
+    backend_timeout_s: float = 5.0  # bound on each single Redis/NATS wait on the request path
+
+
+def hash_api_key(key: str) -> str:
+    """The only form an API key is kept in: sha256 hex digest of its UTF-8 bytes."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _csv(value: list[str] | str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return [v.strip() for v in items if v.strip()]
+
+
+@dataclass
+class SecurityConfig:
+    """Gateway API keys and request limits. Keys live only as sha256 digests (never logged or printed):
+    ``api_key_hashes`` takes digests; ``api_keys`` takes plaintext (meant for the environment) that is hashed
+    on load and dropped. Lists may be given comma-separated. No keys = authentication off."""
+
+    api_key_hashes: list[str] | str = field(default_factory=list, repr=False)
+    api_keys: list[str] | str = field(default_factory=list, repr=False)
+    rate_limit_per_s: float = 0.0  # token refill per key (per client address without auth); 0 = unlimited
+    rate_limit_burst: int = 0  # bucket size; 0 = max(1, ceil(rate_limit_per_s))
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    max_prompt_tokens: int = 0  # 0 = only the model's context limit applies
+    max_inflight: int = 1024  # generation requests in flight per gateway (streams included); 0 = unbounded
+    retry_after_s: int = 1  # Retry-After sent with an overload 503
+
+    def __post_init__(self) -> None:
+        hashes = [h.lower() for h in _csv(self.api_key_hashes)]
+        for i, h in enumerate(hashes):
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError(f"security.api_key_hashes[{i}] is not a sha256 hex digest (64 hex digits)")
+        self.api_key_hashes = sorted(set(hashes) | {hash_api_key(k) for k in _csv(self.api_keys)})
+        self.api_keys = []  # plaintext is not kept
 
 
 @dataclass
@@ -77,6 +113,7 @@ class Config:
     nats: NatsConfig = field(default_factory=NatsConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)

@@ -5,6 +5,7 @@ Keys
   dlm:deadlines       sorted set of *active* request ids scored by deadline_s (+inf without an SLO)
   dlm:ckpt:<id>       JSON DecodeState of the last committed block (resume point after a crash)
   dlm:plan            JSON Plan currently in force
+  dlm:rl:<bucket>     hash: tokens, ts — a gateway rate-limit token bucket (expires once full again)
 State changes go through small Lua scripts so concurrent services cannot overwrite each other.
 """
 
@@ -57,6 +58,28 @@ return 1
 """
 
 
+# KEYS: bucket hash; ARGV: rate/s, burst, cost → {1 if taken else 0, ms until enough tokens}.
+# Redis's own clock, so every gateway replica shares one bucket per client without clock skew.
+_TOKEN_BUCKET = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local taken, wait_ms = 0, 0
+if tokens >= cost then
+  tokens, taken = tokens - cost, 1
+else
+  wait_ms = math.ceil((cost - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {taken, wait_ms}
+"""
+
+
 def _req_key(request_id: str) -> str:
     return f"dlm:req:{request_id}"
 
@@ -76,6 +99,7 @@ class Store:
         self._transition = client.register_script(_TRANSITION)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
+        self._token_bucket = client.register_script(_TOKEN_BUCKET)
 
     @classmethod
     async def connect(cls, url: str, result_ttl_s: int = 3600) -> Store:
@@ -139,6 +163,12 @@ class Store:
                 p.hgetall(_req_key(rid))
             rows = await p.execute()
         return [rec for rid, row in zip(ids, rows) if (rec := _record(rid, row)) is not None]
+
+    # -- rate limiting -------------------------------------------------------------------------
+    async def take_token(self, bucket: str, rate_per_s: float, burst: int) -> float:
+        """Atomic token bucket: 0.0 when a token was taken, else seconds until one will be available."""
+        taken, wait_ms = await self._token_bucket(keys=[f"dlm:rl:{bucket}"], args=[rate_per_s, burst, 1])
+        return 0.0 if taken == 1 else max(int(wait_ms), 1) / 1000
 
     # -- checkpoints and plans -----------------------------------------------------------------
     async def save_checkpoint(self, state: DecodeState) -> None:
