@@ -11,7 +11,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import responses as R
 from services.gateway.errors import ApiError, bad_request, error_body
+from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
     ChatBody, CompletionBody, DlmParams, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
 )
@@ -32,6 +33,7 @@ from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinished, SubmitRequest
 
 log = logging.getLogger("dilaserve.gateway")
+T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -64,12 +66,15 @@ class Gateway:
         self.store = None
         self.cluster: SchedulerHeartbeat | None = None
         self.cluster_seen_mono = 0.0
+        self.guard = GuardState(cfg.security, backend_timeout_s=self.gcfg.backend_timeout_s)
+        self._tasks: set[asyncio.Task] = set()  # strong refs: the loop keeps only weak ones
 
     async def connect(self) -> None:
         from shared.transport import Bus, Store
 
         self.bus = await Bus.connect(self.cfg.nats.url, name=self.gateway_id)
         self.store = await Store.connect(self.cfg.redis.url, self.cfg.redis.result_ttl_s)
+        self.guard.take_token = self.store.take_token
         await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.cfg.nats.submit_max_age_s)
         await self.bus.subscribe(subjects.scheduler_heartbeat(), SchedulerHeartbeat, self._on_cluster)
 
@@ -78,6 +83,24 @@ class Gateway:
             await self.bus.close()
         if self.store:
             await self.store.close()
+
+    async def backend(self, aw: Awaitable[T], what: str) -> T:
+        """One Redis/NATS wait on the request path, bounded: a hung backend becomes a 503, not a hang."""
+        try:
+            return await asyncio.wait_for(aw, self.gcfg.backend_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"{what}: no answer within {self.gcfg.backend_timeout_s:g}s", code="service_unavailable",
+                           type_="server_error") from None
+        except Exception as exc:
+            log.exception("%s failed", what)
+            raise ApiError(503, f"{what} failed: {type(exc).__name__}", code="service_unavailable",
+                           type_="server_error") from None
+
+    def spawn(self, aw: Awaitable) -> None:
+        """Run cleanup in a task of its own: callers may be inside a cancelled scope (client gone)."""
+        task = asyncio.ensure_future(aw)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_cluster(self, hb: SchedulerHeartbeat, headers: dict) -> None:
         self.cluster, self.cluster_seen_mono = hb, time.monotonic()
@@ -102,6 +125,7 @@ class Gateway:
         if not ids:
             raise bad_request("the prompt is empty after applying the chat template", "messages" if kind == "chat" else "prompt")
         dlm = dlm_params(body, headers)
+        self._check_prompt_length(kind, ids)
         room = self.tokenizer.max_positions - len(ids)
         if room < 1:
             raise bad_request(f"prompt is {len(ids)} tokens; the model's limit is {self.tokenizer.max_positions} positions "
@@ -117,34 +141,55 @@ class Gateway:
         prefix = "cmpl" if kind == "completion" else "chatcmpl"
         return Accepted(kind, f"{prefix}-{uuid.uuid4().hex}", ids, max_tokens, body.stream, dlm, arrival_s, arrival_mono)
 
+    def _check_prompt_length(self, kind: str, ids: list[int]) -> None:
+        limit = self.cfg.security.max_prompt_tokens
+        if limit and len(ids) > limit:
+            param = "messages" if kind == "chat" else "prompt"
+            raise bad_request(f"{param} is {len(ids)} tokens; this gateway accepts prompts of at most {limit} tokens",
+                              param, "prompt_too_long")
+
     # -- submission -----------------------------------------------------------------------------
-    async def submit(self, acc: Accepted) -> Relay:
-        """Subscribe to the request's events first, then persist and submit (so nothing is missed)."""
+    def submit_message(self, acc: Accepted) -> SubmitRequest:
         deadline_s = acc.arrival_s + acc.dlm.slo_ms / 1000 if acc.dlm.slo_ms is not None else None
-        msg = SubmitRequest(
+        return SubmitRequest(
             request_id=acc.request_id, model=self.model_name, prompt_ids=acc.prompt_ids, max_tokens=acc.max_tokens,
             arrival_s=acc.arrival_s, gateway_id=self.gateway_id, slo_ms=acc.dlm.slo_ms, deadline_s=deadline_s,
             priority=acc.dlm.priority, min_threshold=acc.dlm.min_threshold,
         )
+
+    async def submit(self, acc: Accepted) -> Relay:
+        """Subscribe to the request's events first, then persist and submit (so nothing is missed)."""
+        msg = self.submit_message(acc)
         sub, queue = await self.bus.subscribe_queue(subjects.request_events(acc.request_id), BlockCommitted | RequestFinished)
         relay = Relay(sub, queue)
         try:
             # Both writes at once (one round trip, not two). The scheduler tolerates seeing the
             # submission a moment before the Redis record (it retries briefly).
-            await asyncio.gather(self.store.create_request(msg, acc.arrival_s),
-                                 self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({})))
+            await asyncio.wait_for(asyncio.gather(
+                self.store.create_request(msg, acc.arrival_s),
+                self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({}), self.gcfg.backend_timeout_s)),
+                self.gcfg.backend_timeout_s)
         except Exception as exc:
             await relay.close()
             log.exception("submission of %s failed", acc.request_id)
-            raise ApiError(503, f"could not submit the request: {exc}", code="service_unavailable", type_="server_error") from None
+            # Half a submission may have landed: mark it cancelled so a 503 really means "not run".
+            self.spawn(self.cancel_quietly(acc.request_id, "submission failed"))
+            reason = f"no answer within {self.gcfg.backend_timeout_s:g}s" if isinstance(exc, asyncio.TimeoutError) else exc
+            raise ApiError(503, f"could not submit the request: {reason}", code="service_unavailable", type_="server_error") from None
         self.tel.metrics.request_admitted()
         return relay
 
     async def cancel(self, request_id: str, reason: str) -> str | None:
-        current = await self.store.cancel(request_id, time.time())
+        current = await self.backend(self.store.cancel(request_id, time.time()), "cancel")
         if current is None:
             await self.bus.publish(subjects.request_cancel(request_id), CancelRequest(request_id=request_id, reason=reason))
         return current
+
+    async def cancel_quietly(self, request_id: str, reason: str) -> None:
+        try:
+            await self.cancel(request_id, reason)
+        except ApiError as exc:
+            log.warning("could not cancel %s (%s): %s", request_id, reason, exc.message)
 
     def finish_metrics(self, acc: Accepted, fin: RequestFinished, latency_s: float) -> None:
         slo_met = None if acc.dlm.slo_ms is None else latency_s * 1000 <= acc.dlm.slo_ms
@@ -164,6 +209,8 @@ def create_app(cfg: Config, tel) -> FastAPI:
 
     app = FastAPI(title="DiLaServe gateway", lifespan=lifespan)
     app.state.gateway = gw
+    app.add_middleware(Guard, state=gw.guard)
+    _log_auth_mode(gw)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -182,7 +229,7 @@ def create_app(cfg: Config, tel) -> FastAPI:
         fresh = gw.cluster is not None and time.monotonic() - gw.cluster_seen_mono < 3.0
         workers = gw.cluster.worker_ids if fresh and gw.cluster else []
         body = {
-            "nats": bool(gw.bus and gw.bus.connected), "redis": bool(gw.store and await gw.store.ping()),
+            "nats": bool(gw.bus and gw.bus.connected), "redis": bool(gw.store and await _ping(gw)),
             "scheduler": fresh, "planner": bool(fresh and gw.cluster and gw.cluster.planner_alive),
             "workers": workers,
         }
@@ -209,7 +256,7 @@ def create_app(cfg: Config, tel) -> FastAPI:
 
     @app.get("/v1/requests/{request_id}")
     async def get_request(request_id: str):
-        rec = await gw.store.get_record(request_id)
+        rec = await gw.backend(gw.store.get_record(request_id), "reading the request record")
         if rec is None:
             raise ApiError(404, f"no request with id {request_id!r}", param="request_id", code="request_not_found")
         return R.request_status(gw, rec)
@@ -236,9 +283,12 @@ async def _generate(gw: Gateway, kind: str, request: Request):
     if acc.stream:
         return StreamingResponse(_stream(gw, acc, relay), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
-        fin = await relay.wait_finished(gw.gcfg.request_timeout_s)
+        fin = await _wait_or_disconnect(relay, request, gw.gcfg.request_timeout_s)
+        if fin is None:  # the client gave up: stop the work, nobody will read the answer
+            gw.spawn(gw.cancel_quietly(acc.request_id, "client disconnected"))
+            return Response(status_code=499)
     except asyncio.TimeoutError:
-        await gw.cancel(acc.request_id, "gateway timeout")
+        await gw.cancel_quietly(acc.request_id, "gateway timeout")
         raise ApiError(504, f"request {acc.request_id} did not finish within {gw.gcfg.request_timeout_s:.0f}s; cancelled",
                        code="timeout", type_="server_error") from None
     finally:
@@ -280,9 +330,49 @@ async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[byt
     except asyncio.TimeoutError:
         yield _sse(error_body(f"request did not finish within {gw.gcfg.request_timeout_s:.0f}s", "server_error", None, "timeout"))
     finally:
-        await relay.close()
+        # On a client disconnect this runs inside a cancelled scope where any await is cancelled again,
+        # so the cleanup goes to tasks of its own.
+        gw.spawn(relay.close())
         if not finished:  # client went away or timeout: do not keep computing for nobody
-            asyncio.ensure_future(gw.cancel(acc.request_id, "client disconnected"))
+            gw.spawn(gw.cancel_quietly(acc.request_id, "client disconnected"))
+
+
+async def _wait_or_disconnect(relay: Relay, request: Request, timeout_s: float) -> RequestFinished | None:
+    """The result, or None as soon as the client disconnects (the body is read, so receive() only reports that)."""
+    finished = asyncio.ensure_future(relay.wait_finished(timeout_s))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({finished, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return finished.result() if finished.done() else None
+    finally:
+        for t in (finished, gone):
+            t.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _ping(gw: Gateway) -> bool:
+    try:
+        return await asyncio.wait_for(gw.store.ping(), gw.gcfg.backend_timeout_s)
+    except asyncio.TimeoutError:
+        return False
+
+
+def _log_auth_mode(gw: Gateway) -> None:
+    """Once per gateway. Counts only: a key or its digest never reaches a log."""
+    sec = gw.cfg.security
+    if gw.guard.auth_on:
+        log.info("API key authentication on (%d key(s))", len(gw.guard.key_hashes))
+    else:
+        log.warning("API key authentication is OFF: no keys configured (security.api_key_hashes or "
+                    "DILASERVE_SECURITY_API_KEYS); anyone who can reach %s:%d may use this gateway",
+                    gw.gcfg.host, gw.gcfg.port)
+    log.info("limits: body %d bytes, prompt %s tokens, in flight %s, rate %s", sec.max_body_bytes,
+             sec.max_prompt_tokens or "model-limited", sec.max_inflight or "unbounded",
+             f"{sec.rate_limit_per_s:g}/s burst {gw.guard.burst}" if sec.rate_limit_per_s > 0 else "unlimited")
 
 
 def _sse(obj: dict) -> bytes:

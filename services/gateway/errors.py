@@ -10,12 +10,14 @@ from fastapi.responses import JSONResponse
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+        self.headers = headers  # e.g. Retry-After, WWW-Authenticate
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content=error_body(self.message, self.type, self.param, self.code))
+        return JSONResponse(status_code=self.status, content=error_body(self.message, self.type, self.param, self.code),
+                            headers=self.headers)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:

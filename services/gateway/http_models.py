@@ -7,6 +7,7 @@ object (``"dlm": {"slo_ms": 500}``); the ``dlm`` object wins, then top level, th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -51,6 +52,9 @@ class ChatBody(_Body):
     max_completion_tokens: int | None = None
 
 
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+
+
 @dataclass
 class DlmParams:
     slo_ms: float | None
@@ -91,10 +95,14 @@ def dlm_params(body: _Body, headers: Mapping[str, str]) -> DlmParams:
         return _header_number(headers, header, kind), header
 
     slo_ms, slo_param = pick("slo_ms", "x-slo-ms", float)
-    priority, _ = pick("priority", "x-priority", int)
+    priority, prio_param = pick("priority", "x-priority", int)
     min_thr, thr_param = pick("min_threshold", "x-min-threshold", float)
-    if slo_ms is not None and not slo_ms > 0:
-        raise bad_request(f"{slo_param} must be > 0 (an end-to-end deadline in milliseconds), got {slo_ms}", slo_param)
+    if slo_ms is not None and not 0 < slo_ms < math.inf:
+        raise bad_request(f"{slo_param} must be a finite number > 0 (an end-to-end deadline in milliseconds), got {slo_ms}",
+                          slo_param)
+    if priority is not None and not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        # the scheduler decodes it as a 64-bit int: bound it here rather than strand the request there
+        raise bad_request(f"{prio_param} must be in [{PRIORITY_MIN}, {PRIORITY_MAX}], got {priority}", prio_param)
     if min_thr is not None and not 0 < min_thr <= 1:
         raise bad_request(f"{thr_param} must be in (0, 1], got {min_thr}", thr_param)
     return DlmParams(slo_ms=slo_ms, priority=priority or 0, min_threshold=min_thr)
