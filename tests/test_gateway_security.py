@@ -158,7 +158,7 @@ def test_keys_never_logged(secure):
 
 def test_open_gateway_says_so_once(cluster):
     log = cluster.procs["gateway"].log_path.read_text(errors="replace")
-    assert log.count("authentication is OFF") == 1
+    assert log.count("authentication is OFF") == log.count(" ready on ") >= 1  # once per start
     r = httpx.get(cluster.url + "/v1/models", timeout=10)  # no key needed, a stray one is ignored
     assert r.status_code == 200 and httpx.get(cluster.url + "/v1/models", headers={"authorization": "Bearer x"}).status_code == 200
 
