@@ -163,6 +163,7 @@ class LocalCluster:
     services: list[Proc] = field(default_factory=list)
     nats_url: str = ""
     redis_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # the services' environment (to restart one alike)
 
     @property
     def url(self) -> str:
@@ -184,6 +185,7 @@ class LocalCluster:
             "DILASERVE_GATEWAY_PORT": str(self.port), "DILASERVE_PLANNER_NUM_WORKERS": str(self.num_workers),
             **self.extra_env,
         })
+        self.env = env
         self.services = [start_service("scheduler", ["scheduler"], self.run_dir, env),
                          start_service("planner", ["planner"], self.run_dir, env)]
         self.services += [start_service(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], self.run_dir, env)

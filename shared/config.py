@@ -85,6 +85,7 @@ class SchedulerConfig:
     default_threshold_cap: float = 0.9
     assign_timeout_s: float = 2.0
     ack_wait_s: float = 60.0
+    reconcile_interval_s: float = 5.0  # drop requests Redis shows finished whose completion event was missed
 
 
 @dataclass

@@ -8,6 +8,9 @@ from __future__ import annotations
 PREFIX = "dlm.v1"
 SUBMIT_STREAM = "DLM_SUBMIT"  # JetStream stream holding accepted requests until a scheduler places them
 SCHEDULER_DURABLE = "scheduler"
+# `dilaserve chaos` only: a stream that records every RequestFinished published (request_done()), so
+# duplicate completions are counted even when the observer itself was disconnected.
+DONE_AUDIT_STREAM = "DLM_DONE_AUDIT"
 
 
 def _check_token(token: str) -> str:

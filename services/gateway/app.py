@@ -23,7 +23,7 @@ from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
     ChatBody, CompletionBody, DlmParams, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
 )
-from services.gateway.relay import Relay
+from services.gateway.relay import Relay, stored_result
 from services.gateway.tokenizer import ModelTokenizer, default_model_dir
 from shared import subjects
 from shared.telemetry import names as tn
@@ -161,7 +161,7 @@ class Gateway:
         """Subscribe to the request's events first, then persist and submit (so nothing is missed)."""
         msg = self.submit_message(acc)
         sub, queue = await self.bus.subscribe_queue(subjects.request_events(acc.request_id), BlockCommitted | RequestFinished)
-        relay = Relay(sub, queue)
+        relay = Relay(sub, queue, poll=lambda: stored_result(self.store, acc.request_id))
         try:
             # Both writes at once (one round trip, not two). The scheduler tolerates seeing the
             # submission a moment before the Redis record (it retries briefly).

@@ -18,10 +18,12 @@ from shared.telemetry import names as tn
 from shared.config import NatsConfig, SchedulerConfig
 from shared.policy.types import InstanceView, RequestView
 from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
+from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import (
     Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps,
 )
 from shared.transport import Bus, Delivery, Store
+from shared.transport.bus import NoResponders
 
 log = logging.getLogger("dilaserve.scheduler")
 
@@ -34,6 +36,7 @@ class _Entry:
     delivery: Delivery | None = None  # None when rebuilt from Redis or re-queued after a worker died
     worker_id: str | None = None  # None = queued
     record_retries: int = 0
+    confirm: bool = False  # rebuilt from Redis as assigned: re-send the assignment when its worker shows up
 
 
 @dataclass
@@ -67,6 +70,8 @@ class SchedulerService:
         self.kick = asyncio.Event()
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
+        self._inflight: set[asyncio.Task] = set()  # dispatches under way (awaited on a graceful stop)
+        self.stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,9 +88,24 @@ class SchedulerService:
         self._tasks = [asyncio.create_task(self.place_loop()), asyncio.create_task(self.status_loop())]
         log.info("scheduler %s ready", self.cfg.scheduler_id)
 
-    async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Graceful: take no new submissions, let dispatches under way finish (persisted assignments
+        are sent), hand unplaced submissions back to JetStream (nak: the next scheduler gets them at
+        once; they are also in Redis as queued), then stop."""
+        self.stopping = True
+        for sub in reversed(self._subs):  # the JetStream consumer first
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.warning("unsubscribe failed: %s", exc)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=grace_s)
+        for e in self.entries.values():
+            if e.worker_id is None and e.delivery is not None:
+                try:
+                    await e.delivery.nak()
+                except Exception as exc:
+                    log.warning("nak of %s failed: %s", e.submit.request_id, exc)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -97,7 +117,8 @@ class SchedulerService:
             if rec.state in ("cancelled",):
                 continue
             wid = rec.worker_id if rec.state in ("assigned", "running") and rec.worker_id else None
-            self.entries[rec.request_id] = _Entry(rec.submit, request_view(rec.submit, self.block_length), {}, None, wid)
+            self.entries[rec.request_id] = _Entry(rec.submit, request_view(rec.submit, self.block_length), {}, None, wid,
+                                                  confirm=wid is not None)
             if wid and wid not in self.workers:
                 self.workers[wid] = _Worker(last_seen_mono=now)
         if self.entries:
@@ -124,7 +145,13 @@ class SchedulerService:
             log.info("worker %s joined (%s)", hb.worker_id, hb.instance_config)
             self.workers[hb.worker_id] = w = _Worker(time.monotonic())
         new_capacity = w.hb is None or (w.hb.draining and not hb.draining)
+        restarted = w.hb is not None and w.hb.incarnation != hb.incarnation
         w.hb, w.last_seen_mono = hb, time.monotonic()
+        if restarted:  # same id, new process: it holds none of the requests the old one had
+            log.warning("worker %s restarted (incarnation %s)", hb.worker_id, hb.incarnation)
+            self._requeue_worker(hb.worker_id, forget=False)
+        elif new_capacity and not hb.draining:
+            self._confirm_rebuilt(hb.worker_id)
         if hb.draining:
             self._requeue_worker(hb.worker_id, forget=True)
         elif new_capacity:
@@ -136,9 +163,8 @@ class SchedulerService:
     async def on_done(self, fin: RequestFinished, headers: dict[str, str]) -> None:
         entry = self.entries.pop(fin.request_id, None)
         if entry is not None:
-            if entry.delivery is not None and entry.worker_id is None:
-                await entry.delivery.ack()
             self.kick.set()
+            await self._ack(entry)
 
     async def on_cancel(self, c: CancelRequest, headers: dict[str, str]) -> None:
         entry = self.entries.get(c.request_id)
@@ -152,8 +178,17 @@ class SchedulerService:
                               num_prompt_tokens=len(entry.submit.prompt_ids), finished_s=time.time())
         if await self.store.finish(fin, time.time()):
             await self.bus.publish(subjects.request_done(rid), fin, entry.headers)
-        if entry.delivery is not None:
-            await entry.delivery.ack()
+        await self._ack(entry)
+
+    async def _ack(self, entry: _Entry) -> None:
+        """Let JetStream forget the submission (its outcome is in Redis). A lost ack only means a
+        redelivery later, which finds the request finished or assigned and is acked then."""
+        d, entry.delivery = entry.delivery, None
+        if d is not None:
+            try:
+                await d.ack()
+            except Exception as exc:
+                log.warning("ack of %s failed: %s", entry.submit.request_id, exc)
 
     # -- placement ----------------------------------------------------------------------------
     async def place_loop(self) -> None:
@@ -197,8 +232,27 @@ class SchedulerService:
             asyncio.create_task(self.bus.publish(subjects.worker_caps(wid), msg))
 
     async def dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
+        """Persist the assignment, ack the submission, send the assignment. Any failure (Redis or NATS
+        unreachable beyond their clients' retries) puts the request back in the queue."""
+        if self.stopping:  # graceful stop under way: leave it queued for the next scheduler
+            entry.worker_id = None
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._dispatch(entry, worker_id, cap)
+        except Exception as exc:
+            log.warning("dispatch of %s to %s failed: %r; re-queued", entry.submit.request_id, worker_id, exc)
+            self._requeue(entry, delay_s=0.5)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
         s = entry.submit
         now = time.time()
+        entry.confirm = False
         done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
         if not done and current == "" and entry.record_retries < 50:
             entry.record_retries += 1  # the gateway writes Redis and JetStream concurrently: record not there yet
@@ -208,12 +262,10 @@ class SchedulerService:
             self.entries.pop(s.request_id, None)
             if current == "cancelled":
                 await self._finalize_cancel(s.request_id, entry)
-            elif entry.delivery is not None:
-                await entry.delivery.ack()
+            else:
+                await self._ack(entry)
             return
-        if entry.delivery is not None:
-            await entry.delivery.ack()  # the assignment is persisted: JetStream may forget the submission
-            entry.delivery = None
+        await self._ack(entry)  # the assignment is persisted: JetStream may forget the submission
         with self.tel.tracer.start_as_current_span(tn.SPAN_SCHEDULER_PLACE, context=self.tel.extract(entry.headers)) as span:
             span.set_attribute(tn.ATTR_REQUEST_ID, s.request_id)
             span.set_attribute(tn.ATTR_INSTANCE_ID, worker_id)
@@ -223,6 +275,11 @@ class SchedulerService:
                        priority=s.priority, resume=current != "queued")
         try:
             ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
+        except NoResponders:  # NATS knows no such subscriber: the process is gone, no need to wait for heartbeats
+            log.warning("worker %s does not answer assignments (no subscriber): declared dead", worker_id)
+            self._requeue_worker(worker_id, forget=True)
+            self._requeue(entry)
+            return
         except Exception as exc:  # no reply: the worker is gone or stuck; try again elsewhere
             log.warning("assignment of %s to %s failed: %r", s.request_id, worker_id, exc)
             self._requeue(entry, delay_s=0.2)
@@ -239,6 +296,28 @@ class SchedulerService:
             entry.worker_id = None
             asyncio.get_running_loop().call_later(delay_s, self.kick.set)
 
+    def _confirm_rebuilt(self, worker_id: str) -> None:
+        """After a scheduler restart, requests Redis shows as assigned to this worker are sent to it
+        again (resume=True): the scheduler may have died between persisting an assignment and sending
+        it. A worker that already holds the request answers "duplicate"; one that does not resumes it
+        from its checkpoint."""
+        for e in list(self.entries.values()):
+            if e.confirm and e.worker_id == worker_id:
+                e.confirm = False
+                asyncio.create_task(self.dispatch(e, worker_id, self.cfg.default_threshold_cap))
+
+    async def _reconcile(self) -> None:
+        """Drop requests that Redis shows finished although their RequestFinished never reached this
+        scheduler (published while it was disconnected from NATS): they would hold capacity forever."""
+        ids = [rid for rid, e in self.entries.items() if e.worker_id is not None]
+        for rid, state in zip(ids, await self.store.get_states(ids)):
+            if state in TERMINAL_STATES:
+                entry = self.entries.pop(rid, None)
+                if entry is not None:
+                    log.info("%s finished (%s) without a completion event here: dropped", rid, state)
+                    self.kick.set()
+                    await self._ack(entry)
+
     def _requeue_worker(self, worker_id: str, forget: bool) -> None:
         moved = [e for e in self.entries.values() if e.worker_id == worker_id]
         for e in moved:
@@ -251,8 +330,18 @@ class SchedulerService:
 
     # -- liveness and status ------------------------------------------------------------------
     async def status_loop(self) -> None:
+        last_reconcile = time.monotonic()
         while True:
             now = time.monotonic()
+            if not self.bus.connected:  # blind, not silent workers: no one is declared dead meanwhile
+                for w in self.workers.values():
+                    w.last_seen_mono = now
+            elif now - last_reconcile > self.cfg.reconcile_interval_s:
+                last_reconcile = now
+                try:
+                    await self._reconcile()
+                except Exception as exc:
+                    log.warning("reconcile failed: %s", exc)
             for wid, w in list(self.workers.items()):
                 if now - w.last_seen_mono > self.cfg.heartbeat_timeout_s:
                     log.warning("worker %s missed heartbeats for %.1fs: declared dead", wid, now - w.last_seen_mono)

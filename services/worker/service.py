@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,6 +78,7 @@ class WorkerService:
         self.step_latency_ema_s = 0.0
         self.tokens_per_step_ema = 0.0
         self.num_steps_total = 0
+        self.incarnation = uuid.uuid4().hex[:12]  # tells the scheduler a restarted process apart from the old one
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
 
@@ -94,25 +96,42 @@ class WorkerService:
         self._tasks = [asyncio.create_task(self.step_loop()), asyncio.create_task(self.heartbeat_loop())]
         log.info("worker %s ready (%s, max batch %d)", self.worker_id, self.instance_config, self.cfg.max_batch)
 
-    async def stop(self) -> None:
-        """Stop taking work, checkpoint everything in flight (the scheduler re-places it)."""
+    async def stop(self, step_grace_s: float = 30.0) -> None:
+        """Stop taking work, let the step in flight finish (its results are recorded and announced),
+        checkpoint everything still held at its block boundary, then announce ``draining`` so the
+        scheduler re-places those requests at once (they resume from the checkpoints)."""
+        for t in self._tasks[1:]:  # heartbeats first: a draining beat must not precede the checkpoints
+            t.cancel()
         self.stopping = True
         for sub in self._subs:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # NATS unreachable: the scheduler's heartbeat timeout covers it
+                log.warning("unsubscribe failed: %s", exc)
         self.wake.set()
-        for t in self._tasks:
-            t.cancel()
+        if self._tasks:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._tasks[0]), timeout=step_grace_s)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._tasks[0].cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._bg:
+            await asyncio.gather(*list(self._bg), return_exceptions=True)
         for rid in self.engine.request_ids:
             # A block-boundary checkpoint: resuming it reproduces the uninterrupted output exactly.
-            await self.store.save_checkpoint(rewind_to_block_start(self.engine.state(rid)))
+            await self._save_checkpoint(rewind_to_block_start(self.engine.state(rid)))
         await self._publish_heartbeat(draining=True)
+        try:
+            await self.bus.flush()
+        except Exception as exc:
+            log.warning("final flush failed: %s", exc)
 
     # -- inputs -------------------------------------------------------------------------------
     async def on_assign(self, a: Assignment, headers: dict[str, str]) -> AssignmentAck:
         received_s, received_mono = time.time(), time.monotonic()
         rid = a.request_id
-        if rid in self.meta:
+        if rid in self.meta:  # re-sent (lost reply, scheduler restart): already ours
+            self._background(self.store.transition(rid, "running", ("assigned",), time.time(), self.worker_id))
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True, reason="duplicate")
         if self.stopping:
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason="worker stopping", retry=True)
@@ -140,6 +159,8 @@ class WorkerService:
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=str(exc))
         self.meta[rid] = _Meta(a, received_s, received_mono, tau, trace_headers)
         self.pending.append(state)
+        if checkpoint is not None:
+            log.info("resuming %s from its checkpoint at block %d/%d", rid, state.block_index, state.num_blocks)
         if state.block_index > 0:  # resumed: re-announce blocks already committed (gateways dedupe)
             self._publish_blocks(state, 0, state.block_index)
         self.wake.set()
@@ -182,7 +203,10 @@ class WorkerService:
                 log.exception("engine step failed")
                 await self._fail_all(f"engine step failed: {exc}")
                 continue
-            await self._after_step(out)
+            try:
+                await self._after_step(out)
+            except Exception:  # the loop must survive (NATS/Redis blips); results are retried in _finalize
+                log.exception("after-step bookkeeping failed")
 
     def _admit(self) -> None:
         while self.pending and self.engine.num_requests < self.cfg.max_batch:
@@ -218,12 +242,15 @@ class WorkerService:
                 state = finished.get(r.request_id) or self.engine.state(r.request_id)
                 self._publish_blocks(state, r.block_index, state.block_index)
                 if r.request_id not in finished:
-                    checkpoints.append(self.store.save_checkpoint(state))
+                    checkpoints.append(self._save_checkpoint(state))
         # Results first (all at once); checkpoints of the unfinished can wait a round trip.
         await asyncio.gather(*(self._finish(state, status="completed") for state in out.finished))
         await asyncio.gather(*checkpoints)
-        if any(r.block_finished for r in out.requests):
-            await self.bus.flush()  # hand the events to NATS now, not after the next forward
+        if any(r.block_finished for r in out.requests) and self.bus.connected:
+            try:
+                await self.bus.flush()  # hand the events to NATS now, not after the next forward
+            except Exception as exc:  # reconnecting: the client buffers, nothing to do here
+                log.warning("flush failed: %s", exc)
         self.tel.metrics.step(
             latency_s=out.elapsed_s, tokens_executed=out.num_tokens_executed, num_refresh=out.num_refresh,
             num_reuse=len(out.requests) - out.num_refresh,
@@ -263,14 +290,41 @@ class WorkerService:
                               output_ids=out, num_prompt_tokens=len(state.prompt_ids), stats=stats, finished_s=time.time())
         await self._finalize(fin, m.trace_headers)
 
-    async def _finalize(self, fin: RequestFinished, headers: dict[str, str] | None) -> None:
-        """Persist the result and tell the waiting gateway concurrently (one round trip, not two).
+    async def _save_checkpoint(self, state: DecodeState) -> None:
+        try:
+            await self.store.save_checkpoint(state)
+        except Exception as exc:  # a missed checkpoint costs recomputation after a crash, nothing else
+            log.warning("checkpoint of %s not saved: %s", state.request_id, exc)
 
-        If this process dies in between, the request is re-run from its checkpoint: a duplicate
-        result is harmless (the gateway keeps the first), a lost one is not.
+    async def _finalize(self, fin: RequestFinished, headers: dict[str, str] | None) -> None:
+        """Record the result in Redis (atomic, once per request), then announce it — only if this call
+        is the one that recorded it. A request that ran twice (its worker was declared dead but was
+        not, or an assignment reply was lost) thus completes exactly once.
+
+        Redis unreachable beyond the client's retries: keep retrying (the result is only in memory
+        here). If this process dies before the record, the request is re-run from its checkpoint; if
+        it dies between record and announcement, gateways find the result in Redis.
         """
-        await asyncio.gather(self.store.finish(fin, time.time()),
-                             self.bus.publish(subjects.request_done(fin.request_id), fin, headers))
+        token = uuid.uuid4().hex  # a retried call that already landed is recognised as ours
+        delay_s = 0.05
+        while True:
+            try:
+                recorded = await self.store.finish(fin, time.time(), token)
+                break
+            except Exception as exc:
+                if self.stopping:
+                    log.error("result of %s not recorded (%s); it will be re-run from its checkpoint", fin.request_id, exc)
+                    return
+                log.warning("recording the result of %s failed (%s); retrying", fin.request_id, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(1.0, delay_s * 2)
+        if not recorded:
+            log.info("%s already finished elsewhere: result not announced again", fin.request_id)
+            return
+        try:
+            await self.bus.publish(subjects.request_done(fin.request_id), fin, headers)
+        except Exception as exc:  # NATS buffer full / closed: gateways fall back to the Redis record
+            log.warning("completion of %s not published (%s); it is recorded in Redis", fin.request_id, exc)
 
     async def _fail_all(self, error: str) -> None:
         for rid in self.engine.request_ids:
@@ -292,7 +346,7 @@ class WorkerService:
             worker_id=self.worker_id, instance_config=self.instance_config, num_active=len(active) + len(self.pending),
             num_active_tokens=tokens, max_batch=self.cfg.max_batch, step_latency_ema_s=self.step_latency_ema_s,
             tokens_per_step_ema=self.tokens_per_step_ema, num_steps_total=self.num_steps_total, sent_s=time.time(),
-            draining=draining or self.stopping,
+            draining=draining or self.stopping, incarnation=self.incarnation,
         )
         try:
             await self.bus.publish(subjects.worker_heartbeat(self.worker_id), hb)

@@ -16,6 +16,7 @@ class WorkerHeartbeat(Message, tag="worker_heartbeat"):
     num_steps_total: int
     sent_s: float
     draining: bool = False
+    incarnation: str = ""  # new on every process start: a restarted worker (same id) holds none of the old requests
 
 
 class PlannerHeartbeat(Message, tag="planner_heartbeat"):

@@ -24,6 +24,10 @@ R = TypeVar("R", bound=Message)
 Headers = dict[str, str]
 
 
+class NoResponders(Exception):
+    """A request found no subscriber at all on its subject (e.g. the worker process is gone)."""
+
+
 @dataclass
 class Delivery(Generic[M]):
     """A decoded JetStream message; call ``ack()`` once its effect is persisted."""
@@ -42,6 +46,10 @@ class Delivery(Generic[M]):
     async def term(self) -> None:
         await self._msg.term()
 
+    async def nak(self) -> None:
+        """Hand the message back: JetStream redelivers it at once (e.g. to the next scheduler)."""
+        await self._msg.nak()
+
 
 class Bus:
     def __init__(self, nc: nats.NATS) -> None:
@@ -49,13 +57,28 @@ class Bus:
         self.js = nc.jetstream()
 
     @classmethod
-    async def connect(cls, url: str, name: str, connect_timeout_s: float = 5.0) -> Bus:
+    async def connect(cls, url: str, name: str, connect_timeout_s: float = 5.0, reconnect_time_wait_s: float = 0.5,
+                      reconnect_buffer_bytes: int = 16 * 1024 * 1024) -> Bus:
+        """Reconnects forever (every ``reconnect_time_wait_s``) after a NATS outage; while reconnecting,
+        publishes are buffered (up to ``reconnect_buffer_bytes``) and sent once the connection is back,
+        and subscriptions are re-established. Core NATS is at-most-once: what matters is persisted
+        first (Redis, JetStream) and the services reconcile from there."""
+
         async def on_error(exc: Exception) -> None:
             log.warning("nats error: %s", exc)
 
+        async def on_disconnected() -> None:
+            if not (nc.is_closed or nc.is_draining):
+                log.warning("nats disconnected; reconnecting (publishes are buffered)")
+
+        async def on_reconnected() -> None:
+            log.warning("nats reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
         nc = await nats.connect(
             url, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, error_cb=on_error,
+            reconnect_time_wait=reconnect_time_wait_s, error_cb=on_error, disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected, pending_size=reconnect_buffer_bytes,
+            ping_interval=10, max_outstanding_pings=3,  # a silent (partitioned) server is noticed in ~30 s
         )
         return cls(nc)
 
@@ -105,7 +128,10 @@ class Bus:
     async def request(
         self, subject: str, msg: Message, reply_type: type[R], timeout_s: float, headers: Headers | None = None
     ) -> R:
-        reply = await self.nc.request(subject, encode(msg), timeout=timeout_s, headers=headers or None)
+        try:
+            reply = await self.nc.request(subject, encode(msg), timeout=timeout_s, headers=headers or None)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(subject) from None
         return decode(reply.data, reply_type)
 
     async def serve(

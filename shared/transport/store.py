@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from shared.schemas.cluster import Plan
 from shared.schemas.codec import decode, encode
@@ -37,11 +40,15 @@ end
 return {0, cur}
 """
 
-# KEYS: hash, deadlines, ckpt; ARGV: status, result, now, ttl, id → 1 if recorded, 0 if already finished
+# KEYS: hash, deadlines, ckpt; ARGV: status, result, now, ttl, id, finisher token → 1 if recorded (or
+# already recorded by this same token: a retried call), 0 if already finished by someone else
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HEXISTS', KEYS[1], 'result') == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result', ARGV[2], 'updated_s', ARGV[3])
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 then
+  if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'finished_by') == ARGV[6] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'result', ARGV[2], 'updated_s', ARGV[3], 'finished_by', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('DEL', KEYS[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
@@ -103,7 +110,13 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, result_ttl_s: int = 3600) -> Store:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        # A Redis restart (AOF reload included) is ridden out: every command is retried with backoff
+        # for ~20 s before the error reaches the caller. State changes are Lua compare-and-sets, so a
+        # retried command whose first attempt did land is harmless (see finish()).
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=45,
+                      supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError))
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=retry,
+                                         retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError])
         await client.ping()
         return cls(client, result_ttl_s)
 
@@ -132,12 +145,14 @@ class Store:
         done, prev = await self._transition(keys=[_req_key(request_id)], args=[new_state, repr(now_s), worker_id, *allowed_from])
         return done == 1, _text(prev)
 
-    async def finish(self, finished: RequestFinished, now_s: float) -> bool:
-        """Record the result once; False if a result was already recorded (or the request is unknown)."""
+    async def finish(self, finished: RequestFinished, now_s: float, token: str = "") -> bool:
+        """Record the result once (atomic): True for the one caller whose result is recorded — only it
+        may announce the completion. False if a result was already recorded by another finisher (or
+        the request is unknown). A retry with the same non-empty ``token`` returns True again."""
         rid = finished.request_id
         res = await self._finish(
             keys=[_req_key(rid), DEADLINES, _ckpt_key(rid)],
-            args=[finished.status, encode(finished), repr(now_s), self.result_ttl_s, rid],
+            args=[finished.status, encode(finished), repr(now_s), self.result_ttl_s, rid, token],
         )
         return res == 1
 
@@ -152,6 +167,16 @@ class Store:
     async def get_state(self, request_id: str) -> str:
         v = await self.r.hget(_req_key(request_id), "state")
         return _text(v) if v is not None else ""
+
+    async def get_states(self, request_ids: list[str]) -> list[str]:
+        """States of many requests in one round trip ('' for an unknown one)."""
+        if not request_ids:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for rid in request_ids:
+                p.hget(_req_key(rid), "state")
+            rows = await p.execute()
+        return [_text(v) if v is not None else "" for v in rows]
 
     async def active_requests(self) -> list[RequestRecord]:
         """Every request not yet finished, earliest deadline first (the scheduler's rebuild input)."""
