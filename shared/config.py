@@ -105,8 +105,20 @@ class WorkerConfig:
 class PlannerConfig:
     planner_id: str = "planner-0"
     interval_s: float = 5.0
-    instance_config: str = "tp1-dual"
-    num_workers: int = 2
+    instance_config: str = "tp1-dual"  # the configuration the cluster starts with
+    num_workers: int = 2  # instances the cluster starts with (the first plan)
+    mode: str = "milp"  # milp: re-plan every interval_s (docs/planner.md) | static: keep the first plan
+    configs: str = ""  # configurations offered to the MILP, comma-separated ("" = instance_config)
+    nodes: int = 1  # nodes, each with slots_per_node "GPUs" (on CPU: worker slots)
+    slots_per_node: int = 0  # 0 = num_workers
+    window_s: float = 60.0  # arrivals the planner looks at
+    n_classes: int = 8
+    default_slo_s: float = 30.0  # SLO assumed for requests submitted without one
+    time_limit_s: float = 2.0
+    mip_gap: float = 0.01
+    hysteresis: float = 0.10
+    utilization: float = 0.8  # ρ: plan instances to be busy at most this fraction of the time
+    allow_shrink: bool = False  # minimise GPUs (slots) instead of instances in the last stage
 
 
 @dataclass

@@ -112,7 +112,7 @@ def _record_everything(tel) -> None:
     m.step(latency_s=0.03, tokens_executed=512, num_refresh=1, num_reuse=3,
            committed_tokens=[3, 4, 1, 6], thresholds=[0.9, 0.8, 0.7, 0.9], caps=[0.9, 0.8, 0.8, 0.9])
     m.instances(config="tp1-dual", count=2)
-    m.planner_solve(solve_s=0.02, changed=True)
+    m.planner_solve(solve_s=0.02, changed=True, objectives={"quality": 0.9, "unserved_frac": 0.0})
 
 
 def test_spans_exported_over_otlp_http(receiver: OtlpReceiver) -> None:

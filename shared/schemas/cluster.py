@@ -41,8 +41,19 @@ class InstanceCount(Message, tag="instance_count"):
     count: int
 
 
+class NodePlan(Message, tag="node_plan"):
+    """The instances one node (index as in the planner's node list) should run."""
+
+    node: int
+    instances: list[InstanceCount]
+
+
 class Plan(Message, tag="plan"):
     plan_id: str
     created_s: float
-    instances: list[InstanceCount]
+    instances: list[InstanceCount]  # totals per configuration
     reason: str = ""
+    nodes: list[NodePlan] = []  # per-node placement (what each node supervisor executes)
+    objectives: dict[str, float] = {}  # unserved_frac, quality, slack, instances, gpus, … (docs/planner.md)
+    solve_s: float = 0.0
+    status: str = ""  # optimal | time_limit | degenerate | solver_failed ("" for a static plan)

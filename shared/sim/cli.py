@@ -57,6 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dilaserve refuses at arrival what cannot make its deadline even alone at the lowest τ")
     p.add_argument("--no-drop", action="store_true", help="dilaserve keeps hopeless queued requests")
     p.add_argument("--quality", default=None, help="accuracy-vs-τ JSON (default: LLaDA anchors, see docs)")
+    p.add_argument("--phase-rps", default="", metavar="A,B",
+                   help="phased trace (--trace azure_code,azure_conv): each phase's mean rate")
+    p.add_argument("--planner", choices=("on", "off"), default="off",
+                   help="on: the reconfiguration MILP re-plans the layout every --plan-interval s of virtual "
+                        "time, starting from --layout (docs/planner.md); off: --layout stays fixed")
+    p.add_argument("--plan-interval", type=float, default=10.0, metavar="S", help="planner period (virtual s)")
+    p.add_argument("--plan-window", type=float, default=30.0, metavar="S", help="arrivals the planner looks at")
+    p.add_argument("--plan-classes", type=int, default=8, help="workload classes per planning window")
+    p.add_argument("--launch-delay", type=float, default=20.0, metavar="S",
+                   help="a launched instance becomes placeable after this many seconds")
+    p.add_argument("--teardown", type=float, default=2.0, metavar="S", help="an emptied instance frees its GPUs after S")
+    p.add_argument("--rolling-nodes", type=int, default=1, help="nodes reconfigured at the same time")
+    p.add_argument("--gpus-per-node", type=int, default=4)
+    p.add_argument("--plan-utilization", type=float, default=0.8,
+                   help="ρ: the planner keeps each instance busy at most this fraction of the time")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="write PNG plots into this directory")
 
@@ -72,7 +87,18 @@ def build_spec(args: argparse.Namespace):
         classes=parse_slo_mix(args.slo_mix), base_latency_s=args.base_latency, burst_cv=args.burst_cv,
         candidates=_floats(args.thresholds), fixed_threshold=args.fixed_threshold, tedi_slo=args.tedi_slo,
         drop=not args.no_drop, reject=args.reject_infeasible, budget_step_s=args.budget_step,
-        quality=QualityModel.from_json(args.quality) if args.quality else None)
+        quality=QualityModel.from_json(args.quality) if args.quality else None,
+        planner=_planner_spec(args), phase_rps=_floats(getattr(args, "phase_rps", "") or ""))
+
+
+def _planner_spec(args: argparse.Namespace):
+    if getattr(args, "planner", "off") != "on":
+        return None
+    from shared.sim.planner import SimPlannerSpec
+    return SimPlannerSpec(interval_s=args.plan_interval, window_s=args.plan_window, n_classes=args.plan_classes,
+                          gpus_per_node=args.gpus_per_node, launch_delay_s=args.launch_delay,
+                          teardown_s=args.teardown, max_nodes_changing=args.rolling_nodes,
+                          utilization=args.plan_utilization)
 
 
 def sweep_points(args: argparse.Namespace) -> tuple[list[tuple[float | None, float]], str | None]:

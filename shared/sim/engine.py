@@ -18,9 +18,11 @@ from shared.policy.scheduling import SchedulerCore
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.types import InstanceView, RequestView, SchedulerOutput
 from shared.sim.instance import SimInstance, SimReq
+from shared.sim.planner import SimPlanner, SimPlannerSpec
 from shared.sim.workload import SimRequest
 
 ARRIVAL, STEP_END, TICK = 0, 1, 2
+PLAN, LAUNCHED, FREED = 3, 4, 5  # planner runs only (shared/sim/planner.py)
 TICK_S = 1.0
 
 
@@ -46,13 +48,15 @@ class SimResult:
     requests: list[SimReq]
     end_s: float
     tau_timeline: list[tuple[float, float]] = field(default_factory=list)  # (second, token-weighted mean τ)
+    planner: dict | None = None  # planner runs: plans, changes, solve times (SimPlanner.summary)
 
 
 class Simulator:
     def __init__(self, policy: str, requests: list[SimRequest], configs: list[str], cost_name: str,
                  seed: int, block_len: int = 32, global_slo_s: float | None = None,
                  quality: QualityModel | None = None, truth_tps: dict[float, float] | None = None,
-                 max_drain_s: float = 600.0, **policy_kwargs):
+                 max_drain_s: float = 600.0, planner: SimPlannerSpec | None = None, gpus: int = 0,
+                 **policy_kwargs):
         self.policy = policy
         self.truth = CostModel.named(cost_name)
         self.truth_tps = StepPredictor(truth_tps)
@@ -70,6 +74,12 @@ class Simulator:
         self._seq = 0
         self._tau_bins: dict[int, list[float]] = {}
         self._pending_restart: SimInstance | None = None  # the instance whose step just ended
+        self.planner: SimPlanner | None = None
+        if planner is not None:
+            candidates = policy_kwargs.get("candidates") or tuple(sorted(StepPredictor(truth_tps).tps, reverse=True))
+            pool = gpus or sum(GPUS_PER_CONFIG[c] for c in configs)
+            self.planner = SimPlanner.create(self, planner, pool, tuple(candidates), truth_tps)
+            self.planner.assign_nodes(self.insts)
 
     def _push(self, t: float, kind: int, arg: int) -> None:
         heapq.heappush(self.events, (t, self._seq, kind, arg))
@@ -82,6 +92,8 @@ class Simulator:
             self._push(spec.arrival_s, ARRIVAL, k)
         self._push(0.0, TICK, 0)
         last_arrival = self.specs[-1].arrival_s if self.specs else 0.0
+        if self.planner is not None:
+            self._push(self.planner.spec.interval_s, PLAN, 0)
         now, done = 0.0, 0
         while self.events:
             now, _, kind, arg = heapq.heappop(self.events)
@@ -89,7 +101,9 @@ class Simulator:
                 self._arrive(self.specs[arg], now)
             elif kind == STEP_END:
                 self._step_end(self.insts[arg], now)
-            else:
+            elif kind >= PLAN:
+                self._planner_event(kind, arg, now, last_arrival)
+            elif kind == TICK:
                 self._tick(now, last_arrival)
                 continue
             self._apply(self.core.schedule(now), now)
@@ -97,7 +111,8 @@ class Simulator:
             if r.outcome == "pending":
                 r.outcome = "unfinished"
         timeline = [(float(s), v[0] / v[1]) for s, v in sorted(self._tau_bins.items()) if v[1] > 0]
-        return SimResult(self.policy, list(self.reqs.values()), now, timeline)
+        return SimResult(self.policy, list(self.reqs.values()), now, timeline,
+                         self.planner.summary() if self.planner is not None else None)
 
     # --- events ---------------------------------------------------------------------------------------
     def _arrive(self, spec: SimRequest, now: float) -> None:
@@ -134,7 +149,8 @@ class Simulator:
 
     def _heartbeat(self, inst: SimInstance, now: float) -> None:
         steps, tps = inst.take_samples()
-        self.core.on_instance_update(InstanceView(inst.instance_id, inst.config, 0, False, steps, tps), now)
+        self.core.on_instance_update(InstanceView(inst.instance_id, inst.config, 0, inst.state == "draining",
+                                                  steps, tps), now)
         inst.next_heartbeat_s = now + TICK_S
 
     # --- applying the scheduler's decisions ------------------------------------------------------------
@@ -164,6 +180,8 @@ class Simulator:
             self._start(self.by_id[p.instance_id], now)
         for m in out.migrations:
             self._start(self.by_id[m.dst_instance_id], now)
+        if self.planner is not None:
+            self.planner.reap(now)
 
     def _move(self, r: SimReq, src: SimInstance, dst: SimInstance, now: float) -> None:
         src.members.pop(r.request_id, None)
@@ -175,6 +193,29 @@ class Simulator:
             return
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold)
         self._push(now + lat, STEP_END, inst.index)
+
+    # --- the planner's hooks (planner runs only) ---------------------------------------------------------
+    def _planner_event(self, kind: int, arg: int, now: float, last_arrival: float) -> None:
+        assert self.planner is not None
+        if kind == PLAN:
+            self.planner.plan(now)
+            if now + self.planner.spec.interval_s <= last_arrival:
+                self._push(now + self.planner.spec.interval_s, PLAN, 0)
+        elif kind == LAUNCHED:
+            self.planner.on_ready(self.insts[arg], now)
+        else:
+            self.planner.on_freed(self.insts[arg], now)
+
+    def add_instance(self, config: str, node: int, ready_s: float) -> SimInstance:
+        """A launched instance: holds its GPUs now, placeable (registered with the core) at ``ready_s``."""
+        inst = SimInstance(f"i{len(self.insts):02d}-{config}", config, len(self.insts), node=node)
+        self.insts.append(inst)
+        self.by_id[inst.instance_id] = inst
+        self._push(ready_s, LAUNCHED, inst.index)
+        return inst
+
+    def schedule_free(self, inst: SimInstance, t: float) -> None:
+        self._push(t, FREED, inst.index)
 
     def _record_tau(self, stepped: list[SimReq], now: float) -> None:
         if not stepped:

@@ -57,6 +57,8 @@ class SimInstance:
     step_samples: list[StepSample] = field(default_factory=list)
     tps: dict[float, list[int]] = field(default_factory=dict)  # τ -> [tokens, steps] since last heartbeat
     next_heartbeat_s: float = 0.0
+    node: int = -1  # planner runs: the node holding its GPUs (shared/sim/planner.py)
+    state: str = "live"  # launching | live | draining | stopping | gone (planner runs only change it)
 
     def start_step(self, now_s: float, cost: CostModel, truth: CostModel, predictor: StepPredictor,
                    params: ThresholdParams) -> float:

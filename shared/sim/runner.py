@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from shared.policy.cost_model import CostModel
 from shared.policy.quality import QualityModel
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import batch_cost, time_left
 from shared.sim.engine import parse_layout, simulate
+from shared.sim.planner import SimPlannerSpec
 from shared.sim.report import latencies, summarize
 from shared.sim.workload import (LengthScaling, SloClass, build_requests, load_trace, mean_multiplier,
-                                 median, native_rps, rescale_arrivals, synthetic_rows)
+                                 median, native_rps, phased_rows, rescale_arrivals, synthetic_rows)
 
 GENERATORS = ("poisson", "gamma")
 
@@ -46,6 +47,8 @@ class SimSpec:
     reject: bool = False  # dilaserve refuses infeasible requests at arrival
     budget_step_s: float = 0.065  # per-instance token budget: most tokens whose step stays under this
     quality: QualityModel | None = None
+    planner: SimPlannerSpec | None = None  # None: the static --layout (planner off)
+    phase_rps: tuple[float, ...] = ()  # phased traces: one mean rate per phase
 
 
 def base_latency(spec: SimSpec, cost: CostModel, prompt_median: float) -> float:
@@ -64,6 +67,8 @@ def workload_rows(spec: SimSpec, rps: float | None):
         if rps is None:
             raise ValueError(f"--trace {spec.trace} needs --rps or --sweep-rps")
         return synthetic_rows(spec.trace, rps, spec.duration_s or 120.0, spec.seed, spec.burst_cv)
+    if "," in spec.trace:
+        return phased_rows(spec.trace.split(","), rps, spec.duration_s, spec.phase_rps)
     return rescale_arrivals(load_trace(spec.trace), rps, spec.duration_s)
 
 
@@ -83,13 +88,30 @@ def run_point(spec: SimSpec, rps: float | None, slo_scale: float, base: float) -
                   "fixed_threshold": spec.fixed_threshold, "budget_step_s": spec.budget_step_s}
         if name == "dilaserve":
             kwargs.update(drop_expired=spec.drop, reject_infeasible=spec.reject)
+        if spec.planner is not None:
+            kwargs.update(planner=spec.planner, gpus=spec.gpus)
         res = simulate(name, reqs, configs, spec.config, spec.seed, block_len=spec.scaling.block_len,
                        quality=spec.quality, **kwargs)
         summaries[name] = summarize(res, span)
+        if res.planner is not None:
+            summaries[name]["planner"] = res.planner
+        if "," in spec.trace and spec.duration_s:
+            summaries[name]["attainment_by_phase"] = phase_attainment(res, spec.duration_s, spec.trace.count(",") + 1)
         raw[name] = Trace(latencies(res), res.tau_timeline)
     rate = rps if rps is not None else (len(rows) / span if span > 0 else 0.0)
     return {"rps": round(rate, 6), "slo_scale": round(slo_scale, 6), "requests": len(reqs),
             "policies": summaries}, raw
+
+
+def phase_attainment(res, duration_s: float, phases: int) -> list[float]:
+    """SLO attainment of the requests that arrived in each phase of a phased trace."""
+    span = duration_s / phases
+    met, tot = [0] * phases, [0] * phases
+    for r in res.requests:
+        k = min(phases - 1, int(r.arrival_s // span))
+        tot[k] += 1
+        met[k] += r.finish_s is not None and r.finish_s <= r.true_deadline_s + 1e-9
+    return [round(m / t, 6) if t else None for m, t in zip(met, tot)]
 
 
 def report_config(spec: SimSpec, base: float, prompt_median: float) -> dict:
@@ -106,7 +128,12 @@ def report_config(spec: SimSpec, base: float, prompt_median: float) -> dict:
         "thresholds": list(spec.candidates), "fixed_threshold": spec.fixed_threshold,
         "tedi_slo": spec.tedi_slo, "dilaserve_drop": spec.drop, "dilaserve_reject": spec.reject, "budget_step_s": spec.budget_step_s,
     }
-    if spec.trace not in GENERATORS:
+    if spec.planner is not None:
+        cfg["planner"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec.planner).items()}
+    if "," in spec.trace:
+        cfg["native_rps"] = [round(native_rps(load_trace(t)), 6) for t in spec.trace.split(",")]
+        cfg["phase_rps"] = list(spec.phase_rps)
+    elif spec.trace not in GENERATORS:
         cfg["native_rps"] = round(native_rps(load_trace(spec.trace)), 6)
     else:
         cfg["burst_cv"] = spec.burst_cv
@@ -114,8 +141,8 @@ def report_config(spec: SimSpec, base: float, prompt_median: float) -> dict:
 
 
 def prompt_median(spec: SimSpec) -> float:
-    src = "azure_conv" if spec.trace in GENERATORS else spec.trace
-    return median([spec.scaling.prompt(r.prompt) for r in load_trace(src)])
+    srcs = ["azure_conv"] if spec.trace in GENERATORS else spec.trace.split(",")
+    return median([spec.scaling.prompt(r.prompt) for src in srcs for r in load_trace(src)])
 
 
 def run(spec: SimSpec, points: list[tuple[float | None, float]], progress=None) -> tuple[dict, list[dict[str, Trace]]]:

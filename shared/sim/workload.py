@@ -138,6 +138,30 @@ def rescale_arrivals(rows: list[TraceRow], rps: float | None, duration_s: float 
         offset += period
 
 
+def phased_rows(names: list[str], rps: float | None, duration_s: float | None,
+                phase_rps: tuple[float, ...] = ()) -> list[TraceRow]:
+    """Traces back to back (``--trace azure_code,azure_conv``): phase i replays trace i for
+    ``duration_s / len(names)`` seconds. Without ``phase_rps``, one common time factor for all phases,
+    so they keep their native rates relative to each other and ``rps`` (None: native) is the mean of the
+    phase rates; ``phase_rps`` gives each phase its own mean rate instead (a load shift)."""
+    if not duration_s:
+        raise ValueError("a phased trace needs --duration > 0")
+    traces = [load_trace(n) for n in names]
+    natives = [native_rps(t) for t in traces]
+    if phase_rps:
+        if len(phase_rps) != len(names):
+            raise ValueError(f"--phase-rps needs one rate per phase ({len(names)})")
+        rates = list(phase_rps)
+    else:
+        factor = 1.0 if rps is None else rps / (sum(natives) / len(natives))
+        rates = [nat * factor for nat in natives]
+    span = duration_s / len(names)
+    out: list[TraceRow] = []
+    for i, (rows, rate) in enumerate(zip(traces, rates)):
+        out += [TraceRow(r.t + i * span, r.prompt, r.output) for r in rescale_arrivals(rows, rate, span)]
+    return out
+
+
 # --- generators ------------------------------------------------------------------------------------------
 def generate_arrivals(kind: str, rps: float, duration_s: float, rng: random.Random, cv: float = 4.0) -> list[float]:
     """``poisson`` (exponential gaps) or ``gamma`` (Gamma gaps with coefficient of variation ``cv``: bursts)."""

@@ -127,8 +127,10 @@ class ServiceMetrics:
     def instances(self, config: str, count: int) -> None:
         self._get(n.INSTANCES).set(count, config=config)
 
-    def planner_solve(self, solve_s: float, changed: bool) -> None:
+    def planner_solve(self, solve_s: float, changed: bool, objectives: dict[str, float] | None = None) -> None:
         self._get(n.PLANNER_SOLVE).record(solve_s)
         self._get(n.PLANS).add(1)
         if changed:
             self._get(n.PLAN_CHANGES).add(1)
+        for name, value in (objectives or {}).items():
+            self._get(n.PLANNER_OBJECTIVE).set(value, objective=name)

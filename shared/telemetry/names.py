@@ -78,13 +78,15 @@ INSTANCES = MetricSpec("dilaserve_instances", Kind.GAUGE, "{instance}",
 PLANNER_SOLVE = MetricSpec("dilaserve_planner_solve_seconds", Kind.HISTOGRAM, "s",
                            "Reconfiguration MILP solve time", (), SOLVE_BUCKETS_S)
 PLANS = MetricSpec("dilaserve_plans", Kind.COUNTER, "{plan}", "Plans computed by the planner")
+PLANNER_OBJECTIVE = MetricSpec("dilaserve_planner_objective", Kind.GAUGE, "{value}",
+                               "Objective values of the last solved plan (docs/planner.md)", ("objective",))
 PLAN_CHANGES = MetricSpec("dilaserve_plan_changes", Kind.COUNTER, "{plan}",
                           "Plans that changed the deployment")
 
 ALL_METRICS: tuple[MetricSpec, ...] = (
     REQUESTS, REQUESTS_ADMITTED, SLO, REQUEST_LATENCY, QUEUE_TIME, QUEUE_DEPTH,
     THRESHOLD_CHOSEN, THRESHOLD_CAP, COMMITTED_PER_STEP, COMMITTED_TOKENS, STEPS,
-    STEP_LATENCY, STEP_TOKENS, INSTANCES, PLANNER_SOLVE, PLANS, PLAN_CHANGES,
+    STEP_LATENCY, STEP_TOKENS, INSTANCES, PLANNER_SOLVE, PLANS, PLAN_CHANGES, PLANNER_OBJECTIVE,
 )
 
 

@@ -1,0 +1,201 @@
+"""Node supervisor: the plan executor (DESIGN §3, §4.5). Turns the planner's ``Plan`` into worker processes.
+
+On a new plan the supervisor of node ``n`` compares ``plan.nodes[n]`` (instances per configuration) with
+the workers it runs and:
+
+1. **drains** each worker the plan no longer wants: SIGTERM, i.e. the worker's graceful stop
+   (``WorkerService.stop``): it takes no new assignment, checkpoints every in-flight request at its
+   block boundary (``rewind_to_block_start``) and publishes a draining heartbeat, on which the scheduler
+   re-places those requests (``resume=True``); the worker that gets one continues from the checkpoint,
+   which reproduces the uninterrupted output exactly (decoding is deterministic given the committed
+   blocks). The supervisor waits for the process to exit (``drain_timeout_s``, then SIGKILL: the
+   scheduler's heartbeat timeout re-places from the last checkpoint instead);
+2. **starts** the workers the plan adds, each on ``tp`` free slots of the node, once the drained ones
+   have freed them.
+
+What is real on CPU: a "GPU" is a worker slot; one worker process = one instance; only TP1-style
+configurations (``tp1-<cache>``) run — a TP degree above 1 would occupy that many slots, but there is no
+tensor parallelism inside a worker yet, so the supervisor refuses such configurations (logged, counted
+in ``ApplyResult.unsupported``) instead of pretending. Migration is by hand-back at a block boundary
+(the live scheduler has no "draining but still running" state); the simulator models the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from typing import Callable
+
+from shared.schemas.cluster import Plan
+
+log = logging.getLogger("dilaserve.supervisor")
+
+SUPPORTED_TP = (1,)  # CPU workers: no tensor parallelism inside a worker yet
+
+
+def tp_of(config: str) -> int:
+    head = config.split("-", 1)[0]
+    return int(head[2:]) if head.startswith("tp") and head[2:].isdigit() else 1
+
+
+def cache_of(config: str) -> str:
+    return config.split("-", 1)[1] if "-" in config else "dual"
+
+
+def node_share(plan: Plan, node: int) -> dict[str, int]:
+    """What ``plan`` asks of ``node``: its per-node entry, or the totals when the plan has no placement
+    (a single-node plan)."""
+    if plan.nodes:
+        for npl in plan.nodes:
+            if npl.node == node:
+                return {ic.config: ic.count for ic in npl.instances if ic.count > 0}
+        return {}
+    return {ic.config: ic.count for ic in plan.instances if ic.count > 0} if node == 0 else {}
+
+
+@dataclass
+class Instance:
+    worker_id: str
+    config: str
+    proc: object  # services.local_cluster.Proc (popen, pid, alive())
+
+    @property
+    def slots(self) -> int:
+        return tp_of(self.config)
+
+
+@dataclass
+class ApplyResult:
+    plan_id: str
+    drained: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)  # did not exit within drain_timeout_s
+    unsupported: dict[str, int] = field(default_factory=dict)
+    no_room: dict[str, int] = field(default_factory=dict)
+
+
+Spawn = Callable[[str, str], object]  # (worker_id, config) -> Proc
+
+
+class Supervisor:
+    """Executes plans for one node. ``spawn(worker_id, config)`` starts a worker process."""
+
+    def __init__(self, node: int, slots: int, spawn: Spawn, worker_ids: list[str] | None = None,
+                 drain_timeout_s: float = 30.0, prefix: str = "") -> None:
+        self.node = node
+        self.slots = slots
+        self.spawn = spawn
+        self.pool = list(worker_ids or [])  # ids to (re)use, in order; then "<prefix>w<k>"
+        self.prefix = prefix or f"node{node}-"
+        self.drain_timeout_s = drain_timeout_s
+        self.instances: dict[str, Instance] = {}
+        self.plan_id = ""
+        self._seq = 0
+        self._lock = asyncio.Lock()
+
+    def adopt(self, worker_id: str, config: str, proc) -> None:
+        """Take over a worker started by someone else (the cluster's initial layout)."""
+        self.instances[worker_id] = Instance(worker_id, config, proc)
+
+    def running(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for inst in self.instances.values():
+            out[inst.config] = out.get(inst.config, 0) + 1
+        return dict(sorted(out.items()))
+
+    def free_slots(self) -> int:
+        return self.slots - sum(i.slots for i in self.instances.values())
+
+    def _new_id(self) -> str:
+        for wid in self.pool:
+            if wid not in self.instances:
+                return wid
+        while True:
+            self._seq += 1
+            wid = f"{self.prefix}w{self._seq}"
+            if wid not in self.instances:
+                return wid
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Drain what the plan removes (wait for exit), then start what it adds. Serialised per node."""
+        async with self._lock:
+            res = ApplyResult(plan.plan_id)
+            want = node_share(plan, self.node)
+            for cfg in list(want):
+                if tp_of(cfg) not in SUPPORTED_TP:
+                    res.unsupported[cfg] = want.pop(cfg)
+                    log.error("plan %s: %s × %d not supported on this node (no tensor parallelism in a worker)",
+                              plan.plan_id, cfg, res.unsupported[cfg])
+            have: dict[str, list[Instance]] = {}
+            for inst in self.instances.values():
+                have.setdefault(inst.config, []).append(inst)
+            victims: list[Instance] = []
+            for cfg, insts in sorted(have.items()):
+                extra = len(insts) - want.get(cfg, 0)
+                victims += insts[len(insts) - extra:] if extra > 0 else []  # the most recently added go first
+            await asyncio.gather(*(self._drain(v, res) for v in victims))
+            for cfg, n in sorted(want.items()):
+                for _ in range(n - len(have.get(cfg, []))):
+                    if self.free_slots() < tp_of(cfg):
+                        res.no_room[cfg] = res.no_room.get(cfg, 0) + 1
+                        continue
+                    wid = self._new_id()
+                    self.instances[wid] = Instance(wid, cfg, self.spawn(wid, cfg))
+                    res.started.append(wid)
+            self.plan_id = plan.plan_id
+            log.info("node %d applied plan %s: drained %s, started %s, running %s", self.node, plan.plan_id,
+                     res.drained, res.started, self.running())
+            return res
+
+    async def _drain(self, inst: Instance, res: ApplyResult) -> None:
+        proc = inst.proc
+        popen: subprocess.Popen = proc.popen  # type: ignore[attr-defined]
+        if popen.poll() is None:
+            os.kill(popen.pid, signal.SIGTERM)  # graceful stop: hand back at the block boundary
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, popen.wait, self.drain_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(popen.pid, signal.SIGKILL)
+                await asyncio.get_running_loop().run_in_executor(None, popen.wait)
+                res.killed.append(inst.worker_id)
+        self.instances.pop(inst.worker_id, None)
+        res.drained.append(inst.worker_id)
+
+    async def run(self, bus) -> None:
+        """Follow ``subjects.plan_publish()`` until cancelled (each plan applied in order)."""
+        from shared import subjects
+
+        queue: asyncio.Queue[Plan] = asyncio.Queue()
+
+        async def on_plan(plan: Plan, headers: dict[str, str]) -> None:
+            queue.put_nowait(plan)
+
+        sub = await bus.subscribe(subjects.plan_publish(), Plan, on_plan)
+        try:
+            while True:
+                plan = await queue.get()
+                while not queue.empty():  # only the newest plan matters
+                    plan = queue.get_nowait()
+                if plan.plan_id != self.plan_id:
+                    await self.apply(plan)
+        finally:
+            await sub.unsubscribe()
+
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every worker (graceful), SIGKILL what ignores it (shutdown of the whole node)."""
+        for inst in list(self.instances.values()):
+            popen = inst.proc.popen  # type: ignore[attr-defined]
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
+        for inst in list(self.instances.values()):
+            popen = inst.proc.popen  # type: ignore[attr-defined]
+            try:
+                popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        self.instances.clear()
