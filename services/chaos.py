@@ -14,7 +14,10 @@ exactly once, with the output it would have had without the fault.
    - ``restart-scheduler``: SIGKILL the scheduler, restart it after ``--downtime`` s;
    - ``restart-redis``: SIGKILL redis-server, restart it on the same port and AOF folder;
    - ``nats-blip``: SIGKILL nats-server, restart it (same port, same JetStream store) after ``--downtime`` s;
-   - ``stop-worker`` / ``stop-scheduler``: the graceful variants (SIGTERM, wait for the exit, restart).
+   - ``stop-worker`` / ``stop-scheduler``: the graceful variants (SIGTERM, wait for the exit, restart);
+   - ``pause-worker``: SIGSTOP a worker for longer than the heartbeat timeout, then SIGCONT: it is
+     declared dead, its requests run again elsewhere, and then it wakes up and finishes them too — the
+     case that needs exactly-once completion.
 4. Every request is awaited; the JSON counts ``accepted`` (HTTP 200: the gateway stored it in Redis
    and JetStream), ``rejected``, ``completed``, ``lost`` (accepted, never completed), ``duplicates``
    (requests whose RequestFinished was published more than once: counted by a JetStream stream that
@@ -41,7 +44,8 @@ from urllib.parse import urlparse
 
 from services.local_cluster import REPO, LocalCluster, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready
 
-SCENARIOS = ("kill-worker", "restart-scheduler", "restart-redis", "nats-blip", "stop-worker", "stop-scheduler")
+SCENARIOS = ("kill-worker", "restart-scheduler", "restart-redis", "nats-blip", "stop-worker", "stop-scheduler",
+             "pause-worker")
 CHAOS_ENV = {
     # Dead workers are noticed after 2 s (the default is 3 s); everything else is the shipped default.
     "DILASERVE_SCHEDULER_HEARTBEAT_TIMEOUT_S": "2.0",
@@ -216,7 +220,7 @@ async def _wait_for_trigger(store, submitted: list[int], half: int, scenario: st
             for r in recs:
                 by_worker.setdefault(r.worker_id, []).append(r.request_id)
             view = {"by_worker": by_worker, "with_checkpoint": sorted(ckpt)}
-            if ckpt or (recs and scenario != "kill-worker"):
+            if ckpt or (recs and scenario not in ("kill-worker", "stop-worker", "pause-worker")):
                 return view
         await asyncio.sleep(0.05)
     return view
@@ -224,17 +228,28 @@ async def _wait_for_trigger(store, submitted: list[int], half: int, scenario: st
 
 async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: float) -> dict:
     fault: dict = {"scenario": scenario}
-    if scenario in ("kill-worker", "stop-worker"):
+    if scenario in ("kill-worker", "stop-worker", "pause-worker"):
         by_worker = view.get("by_worker") or {}
         ckpt = set(view.get("with_checkpoint") or [])
         workers = [p.name for p in cluster.services if p.name.startswith("worker-")]
         victim = max(workers, key=lambda w: (len(ckpt & set(by_worker.get(w, []))), len(by_worker.get(w, []))))
         held = sorted(by_worker.get(victim, []))
         fault.update(target=victim, held_requests=held, held_with_checkpoint=sorted(ckpt & set(held)))
-        sig = "SIGKILL" if scenario == "kill-worker" else "SIGTERM"
-        say(f"{sig} {victim} (holding {len(held)} requests, {len(fault['held_with_checkpoint'])} with a checkpoint); restarting it")
-        fault["downtime_s"] = await _restart_service(cluster, victim, ["worker", "--worker-id", victim], 0.0,
-                                                     graceful=scenario == "stop-worker")
+        what = f"{victim} (holding {len(held)} requests, {len(fault['held_with_checkpoint'])} with a checkpoint)"
+        if scenario == "pause-worker":
+            proc = _find(cluster, victim)
+            say(f"SIGSTOP {what} for {downtime_s:.1f}s, then SIGCONT")
+            t = time.monotonic()
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(downtime_s)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            fault["downtime_s"] = time.monotonic() - t
+        else:
+            say(f"{'SIGKILL' if scenario == 'kill-worker' else 'SIGTERM'} {what}; restarting it")
+            fault["downtime_s"] = await _restart_service(cluster, victim, ["worker", "--worker-id", victim], 0.0,
+                                                         graceful=scenario == "stop-worker")
     elif scenario in ("restart-scheduler", "stop-scheduler"):
         say(f"{'SIGKILL' if scenario == 'restart-scheduler' else 'SIGTERM'} scheduler; restart in {downtime_s:.1f}s")
         fault["target"] = "scheduler"
@@ -292,7 +307,8 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
     if downtime_s is None:
-        downtime_s = {"nats-blip": 3.0, "restart-scheduler": 1.0, "stop-scheduler": 1.0, "restart-redis": 0.5}.get(scenario, 0.0)
+        downtime_s = {"nats-blip": 3.0, "restart-scheduler": 1.0, "stop-scheduler": 1.0, "restart-redis": 0.5,
+                      "pause-worker": float(CHAOS_ENV["DILASERVE_SCHEDULER_HEARTBEAT_TIMEOUT_S"]) + 1.5}.get(scenario, 0.0)
     n = len(prompts)
     store = await Store.connect(cluster.redis_url)
     bus = await Bus.connect(cluster.nats_url, name="chaos-observer")
@@ -324,13 +340,15 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
         say(f"{scenario}: submitting {n} requests at {rps:g}/s (max_tokens {max_tokens}, min_threshold 1.0)")
         view = await _wait_for_trigger(store, submitted, max(1, n // 2), scenario, time.monotonic() + timeout_s)
         t_fault = time.monotonic() - t0
+        submitted_before = submitted[0]
         fault = await _inject(cluster, scenario, view, downtime_s)
         fault["injected_at_s"] = round(t_fault, 3)
-        fault["submitted_before"] = submitted[0]
+        fault["submitted_before"] = submitted_before
         outcomes = await runner
     t_end = time.monotonic() - t0
-    # A completion announced near the end may still be on its way to the audit stream.
-    await asyncio.sleep(1.0)
+    # A completion announced near the end may still be on its way to the audit stream; a paused worker
+    # that woke up is still finishing the requests that were re-run elsewhere (its would-be duplicates).
+    await asyncio.sleep(4.0 if scenario == "pause-worker" else 1.0)
     try:
         audit = await _audit_counts(bus)
     except Exception as exc:
@@ -342,8 +360,9 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
         states[rid] = st
     await bus.close()
     await store.close()
-    if fault.get("held_requests"):
-        fault["resumed_from_checkpoint"] = _resumed_from_checkpoint(cluster, fault["held_requests"])
+    resumed, suppressed = _worker_log_evidence(cluster, ids)
+    if "held_requests" in fault:
+        fault["resumed_from_checkpoint"] = {rid: b for rid, b in resumed.items() if rid in fault["held_requests"]}
 
     accepted = [o for o in outcomes if o.accepted]
     completed = [o for o in accepted if o.completed]
@@ -361,6 +380,9 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
         "mismatched_outputs": len(mismatched),
         "completion_events": sum(audit.get(o.request_id, 0) for o in accepted if o.request_id),
         "completion_events_seen_live": sum(live.get(o.request_id, 0) for o in accepted if o.request_id),
+        # computed twice, recorded and announced once (worker logs): the exactly-once guard at work
+        "second_results_not_announced": len(suppressed),
+        "resumed_from_checkpoint": len(resumed),
         "redis_states": _count(states.values()),
         "fault": fault,
         "timings": {
@@ -388,17 +410,23 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
     return report
 
 
-def _resumed_from_checkpoint(cluster: LocalCluster, request_ids: list[str]) -> dict[str, int]:
-    """Evidence from the workers' logs: which of these requests another worker resumed, at which block."""
-    found: dict[str, int] = {}
+def _worker_log_evidence(cluster: LocalCluster, request_ids: list[str]) -> tuple[dict[str, int], list[str]]:
+    """From the workers' logs, for these requests: which were resumed from a checkpoint (at which block),
+    and which results were computed a second time but not announced (already finished elsewhere)."""
+    resumed: dict[str, int] = {}
+    suppressed: list[str] = []
     wanted = set(request_ids)
     for log_path in sorted((cluster.run_dir / "logs").glob("worker-*.log")):
         for line in log_path.read_text(errors="replace").splitlines():
             if "resuming " in line and " from its checkpoint at block " in line:
                 rid = line.split("resuming ", 1)[1].split(" ", 1)[0]
                 if rid in wanted:
-                    found[rid] = int(line.rsplit("block ", 1)[1].split("/", 1)[0])
-    return found
+                    resumed[rid] = int(line.rsplit("block ", 1)[1].split("/", 1)[0])
+            elif " already finished elsewhere: result not announced again" in line:
+                rid = line.split(" already finished elsewhere", 1)[0].rsplit(" ", 1)[-1]
+                if rid in wanted:
+                    suppressed.append(rid)
+    return resumed, sorted(suppressed)
 
 
 def _count(values) -> dict[str, int]:
@@ -434,7 +462,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default 32)")
     p.add_argument("--rps", type=float, default=8.0, help="submission rate (default 8/s)")
     p.add_argument("--downtime", type=float, default=None,
-                   help="seconds the killed process stays down (default: nats 3, scheduler 1, redis 0.5, worker 0)")
+                   help="seconds the killed process stays down (default: nats 3, scheduler 1, redis 0.5, worker 0, "
+                        "paused worker 3.5)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a client waits for one request")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/chaos-<timestamp>)")
     p.add_argument("--seed", type=int, default=7, help="prompt sample seed")

@@ -38,7 +38,7 @@ def test_chaos_nothing_lost_duplicated_or_changed(chaos_setup, scenario):
     assert rep["accepted"] >= NUM_REQUESTS // 2, (summary, rep["rejections"])
     assert rep["completion_events"] == rep["accepted"], summary  # one RequestFinished per accepted request
     assert set(rep["redis_states"]) == {"completed"}, rep["redis_states"]
-    if scenario in ("kill-worker", "stop-worker"):
+    if scenario in ("kill-worker", "stop-worker", "pause-worker"):
         fault = rep["fault"]
         assert fault["held_requests"], fault  # the victim held work when it died
         if fault["held_with_checkpoint"]:  # some of it was resumed elsewhere from a committed block
