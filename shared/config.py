@@ -86,6 +86,16 @@ class SchedulerConfig:
     assign_timeout_s: float = 2.0
     ack_wait_s: float = 60.0
     reconcile_interval_s: float = 5.0  # drop requests Redis shows finished whose completion event was missed
+    # Scheduling policy (shared/policy, docs/scheduler.md): fcfs | balance | tedi | dilaserve.
+    policy: str = "dilaserve"
+    # Cost model: "" = the small model's `dilaserve profile` JSON at docs/results/profile_cpu.json if
+    # present, else the built-in tiny-CPU default; or "llada8b-gh200" / "tiny-cpu" / a profile JSON path.
+    cost_model: str = ""
+    budget_step_s: float = 0.5  # per-worker token budget: the most tokens whose step stays under this
+    token_budget: int = 0  # > 0: a fixed per-worker token budget instead
+    global_slo_s: float = 0.0  # tedi's deployment-wide SLO (needed by tedi only)
+    drop_expired: bool = False  # drop queued requests that can no longer make their deadline (as failed)
+    lc_period_s: float = 1.0  # load control (threshold caps) period
 
 
 @dataclass

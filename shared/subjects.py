@@ -34,14 +34,14 @@ def worker_assign(worker_id: str) -> str:
     return f"{PREFIX}.scheduler.request.assign.{_check_token(worker_id)}"
 
 
-def worker_caps(worker_id: str) -> str:
-    """ThresholdCaps for one worker."""
-    return f"{PREFIX}.scheduler.threshold.cap.{_check_token(worker_id)}"
+def worker_caps(worker_id: str | None = None) -> str:
+    """ThresholdCaps for one worker; None gives the wildcard over all workers (observers, tests)."""
+    return f"{PREFIX}.scheduler.threshold.cap.{_check_token(worker_id) if worker_id else '*'}"
 
 
-def request_commit(request_id: str) -> str:
-    """BlockCommitted."""
-    return f"{PREFIX}.events.request.commit.{_check_token(request_id)}"
+def request_commit(request_id: str | None = None) -> str:
+    """BlockCommitted; None gives the wildcard over all requests (the scheduler's progress feed)."""
+    return f"{PREFIX}.events.request.commit.{_check_token(request_id) if request_id else '*'}"
 
 
 def request_done(request_id: str | None = None) -> str:

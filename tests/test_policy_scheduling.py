@@ -134,7 +134,7 @@ def test_tedi_plans_against_one_global_slo_and_ignores_floors():
 
 
 def test_load_control_caps_and_heartbeat_refit():
-    c = core(n_inst=1)
+    c = core(n_inst=1, drop_expired=False)  # no shedding: overload pushes caps to the lowest τ
     for i in range(300):
         c.on_arrival(req(i, slo=6.0), 0.0)
     out = c.schedule(0.0)
@@ -166,3 +166,31 @@ def test_params_are_plain_and_frozen():
     assert p.threshold.candidates == (0.9, 0.5)
     with pytest.raises(Exception):
         p.order = "fcfs"  # type: ignore[misc]
+
+
+def test_overload_sheds_biggest_queued_requests_and_caps_stay_at_the_shed_threshold():
+    c = core(n_inst=1)
+    assert c.params.shed_threshold == 0.7
+    for i in range(60):  # every third request has a 4× longer prompt
+        c.on_arrival(req(i, slo=12.0, prompt=1024 if i % 3 == 0 else 256), 0.0)
+    out = c.schedule(0.0)
+    assert out.dropped, "an overloaded queue must shed"
+    big = sum(1 for rid in out.dropped if int(rid[1:]) % 3 == 0)
+    assert big / len(out.dropped) > 1 / 3  # the biggest go first (Moore–Hodgson)
+    assert min(c.cap(rid) for rid in c.request_ids()) >= 0.7
+    kept = c.request_ids()
+    assert not set(out.dropped) & set(kept) and c.queue_length() + len(out.placements) == len(kept)
+    # no shedding without drops (the live default), and never for the baselines
+    assert core(n_inst=1, drop_expired=False).schedule(0.0).dropped == []
+
+
+def test_shed_keeps_priority_classes_and_floors():
+    from shared.policy.load_control import LoadController, LoadItem
+    lc = LoadController((0.9, 0.8, 0.7, 0.6, 0.5), "deadline")
+    items = [LoadItem(f"r{i}", 256, 8, 512 + (i % 2) * 512, 32, 0.0, 10.0, 0.0, droppable=True,
+                      priority=1 if i < 5 else 0, start_by_s=5.0) for i in range(20)]
+    shed = lc.shed(items, supply_tps=10000.0, now_s=0.0, predictor=StepPredictor(), plan_threshold=0.7)
+    assert shed and all(int(r[1:]) >= 5 for r in shed)  # the low class goes first
+    assert lc.shed(items[:1], 1e9, 0.0, StepPredictor(), 0.7) == []
+    assert lc.shed([LoadItem("late", 256, 8, 512, 32, 0.0, 10.0, droppable=True, start_by_s=-1.0)],
+                   1e9, 0.0, StepPredictor(), 0.7) == ["late"]

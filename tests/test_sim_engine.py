@@ -42,7 +42,7 @@ def test_overload_dilaserve_beats_fcfs():
     report, _ = run(small_spec(), [(14.0, 5.0)])
     pol = report["points"][0]["policies"]
     assert KEYS <= set(pol["fcfs"])
-    assert pol["dilaserve"]["slo_attainment"] >= pol["fcfs"]["slo_attainment"] + 0.2
+    assert pol["dilaserve"]["slo_attainment"] >= pol["fcfs"]["slo_attainment"] + 0.15
     assert pol["dilaserve"]["mean_threshold"] < 0.9 == pol["fcfs"]["mean_threshold"]
     assert pol["dilaserve"]["est_accuracy"] < pol["fcfs"]["est_accuracy"]
 

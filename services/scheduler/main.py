@@ -19,14 +19,18 @@ def main(args: argparse.Namespace) -> int:
 
     async def start():
         from services.scheduler.service import SchedulerService
-        from shared.policy.least_loaded import LeastLoadedPolicy
+        from shared.policy.live import live_core, live_cost_model
         from shared.telemetry import setup_telemetry
         from shared.transport import Bus, Store
 
         tel = setup_telemetry("scheduler")
         bus = await Bus.connect(cfg.nats.url, name=cfg.scheduler.scheduler_id)
         store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
-        policy = LeastLoadedPolicy(default_cap=cfg.scheduler.default_threshold_cap)
+        sc = cfg.scheduler
+        worker_config = f"tp1-{cfg.worker.cache_mode}"  # what workers report (WorkerService.instance_config)
+        policy = live_core(sc.policy, live_cost_model(sc.cost_model, worker_config), global_slo_s=sc.global_slo_s,
+                           drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s, lc_period_s=sc.lc_period_s)
+        log.info("scheduling policy %s", sc.policy)
         svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length)
         await svc.start()
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from shared import subjects
 from shared.telemetry import names as tn
 from shared.config import NatsConfig, SchedulerConfig
-from shared.policy.types import InstanceView, RequestView
+from shared.policy.types import InstanceView, RequestView, StepSample, TpsSample
+from shared.schemas.requests import BlockCommitted
 from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import (
@@ -81,6 +82,7 @@ class SchedulerService:
             await self.bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, self.on_heartbeat),
             await self.bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, self.on_planner),
             await self.bus.subscribe(subjects.request_done(), RequestFinished, self.on_done),
+            await self.bus.subscribe(subjects.request_commit(), BlockCommitted, self.on_commit),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
             await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM, subjects.SCHEDULER_DURABLE,
                                       SubmitRequest, self.on_submit, self.cfg.ack_wait_s),
@@ -147,6 +149,7 @@ class SchedulerService:
         new_capacity = w.hb is None or (w.hb.draining and not hb.draining)
         restarted = w.hb is not None and w.hb.incarnation != hb.incarnation
         w.hb, w.last_seen_mono = hb, time.monotonic()
+        self._observe(hb)
         if restarted:  # same id, new process: it holds none of the requests the old one had
             log.warning("worker %s restarted (incarnation %s)", hb.worker_id, hb.incarnation)
             self._requeue_worker(hb.worker_id, forget=False)
@@ -192,8 +195,12 @@ class SchedulerService:
 
     # -- placement ----------------------------------------------------------------------------
     async def place_loop(self) -> None:
+        """Schedule after each batch of inputs (kick) and at least every ``lc_period_s`` (load control)."""
         while True:
-            await self.kick.wait()
+            try:
+                await asyncio.wait_for(self.kick.wait(), timeout=max(0.05, self.cfg.lc_period_s))
+            except asyncio.TimeoutError:
+                pass
             self.kick.clear()
             try:
                 self.place_once()
@@ -201,18 +208,72 @@ class SchedulerService:
                 log.exception("placement failed")
 
     def place_once(self) -> None:
-        queued = [e.view for e in self.entries.values() if e.worker_id is None]
-        if not queued:
-            return
-        instances = [InstanceView(wid, w.hb.instance_config, draining=w.hb.draining)
-                     for wid, w in self.workers.items() if w.hb is not None]
-        out = self.policy.schedule(time.time(), queued, instances, self.active_tokens())
+        """One decision of the policy core (shared/policy/scheduling.py): placements → dispatch,
+        changed threshold caps → the workers holding those requests, drops → finished as failed."""
+        now = time.time()
+        self._sync_core(now)
+        out = self.policy.schedule(now)
         for p in out.placements:
             entry = self.entries[p.request_id]
             entry.worker_id = p.instance_id  # tentative: the load counts at once, reverted on failure
             asyncio.create_task(self.dispatch(entry, p.instance_id, p.cap))
         self._forward_caps(out.caps)
-        self.tel.metrics.queue_depth(len(queued) - len(out.placements))
+        for rid in out.rejected + out.dropped:
+            entry = self.entries.pop(rid, None)
+            if entry is not None:
+                asyncio.create_task(self._drop(rid, entry))
+        self.tel.metrics.queue_depth(self.policy.queue_length())
+
+    def _sync_core(self, now: float) -> None:
+        """Bring the policy core in line with this service's view (entries and live workers) — whatever
+        path changed it (submissions, completions, cancels, re-queues, rebuilds, dead workers)."""
+        core = self.policy
+        live = {wid for wid, w in self.workers.items() if w.hb is not None}
+        for iid in core.instance_ids():
+            if iid not in live:
+                core.on_instance_lost(iid, now)
+        known = set(core.request_ids())
+        for rid in known - self.entries.keys():
+            core.on_finished(rid, now)
+        for rid, e in self.entries.items():
+            if rid not in known:
+                core.on_arrival(e.view, now)
+            held = core.instance_of(rid)
+            if e.worker_id != held:
+                if e.worker_id is None:
+                    core.requeue(rid, now)
+                else:
+                    core.assign(rid, e.worker_id, now)
+
+    def _observe(self, hb: WorkerHeartbeat) -> None:
+        """A heartbeat registers/updates the instance and refits the cost model and step predictor."""
+        if hb.draining:
+            return  # re-queued by on_heartbeat; the instance leaves the core at the next sync
+        self.policy.cost.ensure(hb.instance_config)
+        self.policy.on_instance_update(InstanceView(
+            hb.worker_id, hb.instance_config, self.cfg.token_budget, False,
+            [StepSample(x.tokens, x.latency_s) for x in hb.step_samples],
+            [TpsSample(x.threshold, x.tokens, x.steps) for x in hb.tps_samples]), time.time())
+
+    async def on_commit(self, evt: BlockCommitted, headers: dict[str, str]) -> None:
+        """Block committed: progress for load control (no live migration: never at a boundary)."""
+        e = self.entries.get(evt.request_id)
+        if e is not None:
+            done = evt.block_index + 1
+            self.policy.on_progress(evt.request_id, min(e.view.output_len, done * evt.block_length), done, False,
+                                    time.time())
+
+    async def _drop(self, rid: str, entry: _Entry) -> None:
+        """The policy dropped it while queued (it can no longer make its deadline): finish it as failed."""
+        fin = RequestFinished(request_id=rid, status="failed", finish_reason="error",
+                              error="deadline cannot be met: dropped by the scheduler",
+                              num_prompt_tokens=len(entry.submit.prompt_ids), finished_s=time.time())
+        try:
+            if await self.store.finish(fin, time.time()):
+                await self.bus.publish(subjects.request_done(rid), fin, entry.headers)
+        except Exception as exc:
+            log.warning("drop of %s not recorded: %s", rid, exc)
+        await self._ack(entry)
 
     def active_tokens(self) -> dict[str, int]:
         load: dict[str, int] = {}

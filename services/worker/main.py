@@ -42,7 +42,15 @@ def main(args: argparse.Namespace) -> int:
         engine = DenoisingEngine(model, cache_mode=wcfg.cache_mode)  # type: ignore[arg-type]
         bus = await Bus.connect(cfg.nats.url, name=worker_id)
         store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
-        svc = WorkerService(wcfg, worker_id, bus, store, engine, tel)
+        from services.worker.threshold_control import ThresholdControl
+        from shared.policy.live import live_cost_model, live_threshold_params
+        from shared.policy.step_predictor import StepPredictor
+
+        config = f"tp1-{wcfg.cache_mode}"
+        sc = cfg.scheduler  # the same policy settings as the scheduler's
+        control = ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), live_cost_model(sc.cost_model, config),
+                                   StepPredictor(), config, wcfg.block_length)
+        svc = WorkerService(wcfg, worker_id, bus, store, engine, tel, control=control)
         await svc.start()
 
         async def stop() -> None:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids, rewind_to_block_start
+from services.worker.threshold_control import ThresholdControl
 from shared import subjects
 from shared.telemetry import names as tn
 from shared.config import WorkerConfig
@@ -51,13 +52,9 @@ def _lower_priority(increment: int) -> None:
             log.warning("could not lower the forward thread's priority: %s", exc)
 
 
-def pick_threshold(cap: float, min_threshold: float | None) -> float:
-    """Highest τ allowed by the cap, never below the request's quality floor."""
-    return max(cap, min_threshold) if min_threshold is not None else cap
-
-
 class WorkerService:
-    def __init__(self, cfg: WorkerConfig, worker_id: str, bus: Bus, store: Store, engine: DenoisingEngine, tel) -> None:
+    def __init__(self, cfg: WorkerConfig, worker_id: str, bus: Bus, store: Store, engine: DenoisingEngine, tel,
+                 control: ThresholdControl | None = None) -> None:
         self.cfg = cfg
         self.worker_id = worker_id
         self.bus = bus
@@ -78,6 +75,12 @@ class WorkerService:
         self.step_latency_ema_s = 0.0
         self.tokens_per_step_ema = 0.0
         self.num_steps_total = 0
+        if control is None:  # the default policy's τ rule and the small model's cost model (shared/policy/live.py)
+            from shared.policy.live import live_cost_model, live_threshold_params
+            from shared.policy.step_predictor import StepPredictor
+            control = ThresholdControl(live_threshold_params("dilaserve"), live_cost_model("", self.instance_config),
+                                       StepPredictor(), self.instance_config, cfg.block_length)
+        self.control = control  # per-request τ each step: the simulator's choose_threshold
         self.incarnation = uuid.uuid4().hex[:12]  # tells the scheduler a restarted process apart from the old one
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
@@ -143,7 +146,7 @@ class WorkerService:
             fin = RequestFinished(request_id=rid, status="cancelled", finish_reason="cancelled", finished_s=now)
             await self._finalize(fin, trace_headers)
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason="request is cancelled")
-        tau = pick_threshold(a.threshold_cap, a.min_threshold)
+        tau = self.control.initial(a.threshold_cap, a.min_threshold)
         # Fresh requests skip the Redis round trip: only a resumed one can have a checkpoint.
         checkpoint = await self.store.load_checkpoint(rid) if a.resume else None
         state = checkpoint or new_state(
@@ -158,6 +161,8 @@ class WorkerService:
                                                  num_prompt_tokens=len(a.prompt_ids), finished_s=time.time()), trace_headers)
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=str(exc))
         self.meta[rid] = _Meta(a, received_s, received_mono, tau, trace_headers)
+        self.control.add(rid, a.arrival_s, a.deadline_s, a.threshold_cap, a.min_threshold, len(state.prompt_ids),
+                         len(state.canvas_ids), state.num_masked, state.block_index, state.block_length)
         self.pending.append(state)
         if checkpoint is not None:
             log.info("resuming %s from its checkpoint at block %d/%d", rid, state.block_index, state.num_blocks)
@@ -185,7 +190,8 @@ class WorkerService:
         for rid, cap in caps.caps.items():
             m = self.meta.get(rid)
             if m is not None:
-                m.threshold = pick_threshold(cap, m.assignment.min_threshold)
+                m.threshold = self.control.initial(cap, m.assignment.min_threshold)
+                self.control.set_cap(rid, cap)
 
     # -- the step loop ------------------------------------------------------------------------
     async def step_loop(self) -> None:
@@ -196,7 +202,7 @@ class WorkerService:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            thresholds = {rid: self.meta[rid].threshold for rid in self.engine.request_ids}
+            thresholds = self.control.choose(self.engine.request_ids, time.time(), keep=self.meta)
             try:
                 out = await asyncio.get_running_loop().run_in_executor(self._forward, self.engine.step, thresholds)
             except Exception as exc:  # a broken step must not hang requests: fail the batch loudly
@@ -226,6 +232,7 @@ class WorkerService:
 
     async def _after_step(self, out: StepOutput) -> None:
         self.num_steps_total += 1
+        self.control.observe(out.elapsed_s, out.num_tokens_executed, out.requests)
         a = 0.2
         self.step_latency_ema_s = out.elapsed_s if self.num_steps_total == 1 else (1 - a) * self.step_latency_ema_s + a * out.elapsed_s
         committed = sum(len(r.committed_token_ids) for r in out.requests)
@@ -342,11 +349,13 @@ class WorkerService:
     async def _publish_heartbeat(self, draining: bool = False) -> None:
         active = self.engine.request_ids
         tokens = sum(len(self.meta[r].assignment.prompt_ids) + self.meta[r].assignment.max_tokens for r in active if r in self.meta)
+        step_samples, tps_samples = self.control.take_samples()
         hb = WorkerHeartbeat(
             worker_id=self.worker_id, instance_config=self.instance_config, num_active=len(active) + len(self.pending),
             num_active_tokens=tokens, max_batch=self.cfg.max_batch, step_latency_ema_s=self.step_latency_ema_s,
             tokens_per_step_ema=self.tokens_per_step_ema, num_steps_total=self.num_steps_total, sent_s=time.time(),
             draining=draining or self.stopping, incarnation=self.incarnation,
+            step_samples=step_samples, tps_samples=tps_samples,
         )
         try:
             await self.bus.publish(subjects.worker_heartbeat(self.worker_id), hb)

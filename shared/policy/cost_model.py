@@ -14,6 +14,11 @@ LLADA8B_GH200_MS = {
     "tp4": (24.2, 26.5, 25.9, 26.8, 32.7, 32.6, 33.3, 38.3, 49.6, 71.7, 95.2),
 }
 GPUS_PER_CONFIG = {"tp1": 1, "tp2": 2, "tp4": 4, "tp8": 8}
+# The shipped tiny model (services/worker/model, block 8) on one CPU thread: `dilaserve profile
+# --repeats 3 --threads 1` on the 2-core development machine while a training run held both cores
+# (refresh and reuse points merged by token count, ms). A pessimistic default; live heartbeats refit it.
+TINY_CPU_TOKENS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+TINY_CPU_MS = (16.5, 17.3, 31.4, 32.8, 53.6, 104.1, 198.1, 447.2, 1008.5, 1834.8)
 
 
 class PiecewiseLinear:
@@ -92,6 +97,12 @@ class CostModel:
                 best = x
         return int(best)
 
+    def ensure(self, config: str, like: str | None = None) -> None:
+        """Make ``config`` known: a copy of ``like``'s curve (default: the first configuration)."""
+        if config not in self.curves and self.curves:
+            src = self.curves[like if like in self.curves else next(iter(self.curves))]
+            self.curves[config] = PiecewiseLinear(list(zip(src.xs, src.ys)))
+
     def copy(self) -> "CostModel":
         return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate)
 
@@ -100,6 +111,11 @@ class CostModel:
     def llada8b_gh200(cls) -> "CostModel":
         return cls({cfg: [(t, ms / 1000.0) for t, ms in zip(LLADA8B_GH200_TOKENS, row)]
                     for cfg, row in LLADA8B_GH200_MS.items()})
+
+    @classmethod
+    def tiny_cpu(cls, config: str = "tp1") -> "CostModel":
+        """Built-in default for the shipped tiny model on CPU (see ``TINY_CPU_MS``)."""
+        return cls({config: [(t, ms / 1000.0) for t, ms in zip(TINY_CPU_TOKENS, TINY_CPU_MS)]})
 
     @classmethod
     def from_profile(cls, data: dict, config: str = "tp1") -> "CostModel":
@@ -116,8 +132,10 @@ class CostModel:
         return cls.from_profile(json.loads(Path(path).read_text()), config)
 
     @classmethod
-    def named(cls, name: str) -> "CostModel":
-        """``llada8b-gh200`` (built in) or a path to a profile JSON (its config is ``tp1``)."""
+    def named(cls, name: str, config: str = "tp1") -> "CostModel":
+        """``llada8b-gh200`` / ``tiny-cpu`` (built in) or a path to a profile JSON (its config is ``config``)."""
         if name in ("llada8b-gh200", "llada8b_gh200"):
             return cls.llada8b_gh200()
-        return cls.from_profile_json(name)
+        if name in ("tiny-cpu", "tiny_cpu"):
+            return cls.tiny_cpu(config)
+        return cls.from_profile_json(name, config)

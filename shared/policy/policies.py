@@ -6,7 +6,9 @@ only a choice of switches, so no scheduling rule exists twice.
 - ``tedi``: the published policy: one deployment-wide SLO (so EDF = FCFS), slack-driven τ (§4.3),
   greedy caps over one SLO window (§4.4 "window"), migration; ignores priorities and quality floors.
 - ``dilaserve``: ours: per-request deadlines, priority classes, EDF, quality floors, deadline-aware caps
-  (§4.4 "deadline"), migration, and dropping queued requests that can no longer make their deadline.
+  (§4.4 "deadline"), migration, and dropping queued requests that can no longer make their deadline;
+  under overload it sheds queued work Moore–Hodgson style (the biggest requests of the lowest class
+  first) rather than run everyone below τ 0.7, and its caps never go below that τ.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def policy_params(name: str, *, global_slo_s: float | None = None, fixed_thresho
                        global_slo_s=global_slo_s, honour_floor=False)
     elif name == "dilaserve":
         p = CoreParams(order="edf", use_priority=True, migrate=True, threshold=slack, load_control="deadline",
-                       drop_expired=True)
+                       drop_expired=True, shed_threshold=0.7)
     else:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
     return replace(p, **overrides) if overrides else p

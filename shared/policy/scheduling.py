@@ -32,6 +32,7 @@ class CoreParams:
     load_control: str = "none"  # "none" | "window" | "deadline"
     lc_period_s: float = 1.0
     lc_utilization: float = 0.9  # fraction of peak token throughput the load controller plans with
+    shed_threshold: float | None = None  # with drop_expired: Moore–Hodgson shedding plans the queue at this τ
     honour_floor: bool = True  # respect each request's min_threshold
     threshold: ThresholdParams = field(default_factory=ThresholdParams)
 
@@ -132,7 +133,42 @@ class SchedulerCore:
             self._detach(r)
         self._queued.discard(request_id)
 
+    def requeue(self, request_id: str, now_s: float) -> None:
+        """Its placement did not happen (the worker refused, timed out or went away): queue it again."""
+        r = self.reqs.get(request_id)
+        if r is None or (r.instance_id is None and request_id in self._queued):
+            return
+        if r.instance_id is not None:
+            self._detach(r)
+        r.at_boundary = False
+        self._enqueue(r)
+
+    def assign(self, request_id: str, instance_id: str, now_s: float) -> None:
+        """It runs on ``instance_id`` without this core having placed it there (state rebuilt after a
+        restart, or a placement decided elsewhere): record that, take it out of the queue."""
+        r = self.reqs.get(request_id)
+        if r is None or r.instance_id == instance_id:
+            return
+        if r.instance_id is not None:
+            self._detach(r)
+        self._queued.discard(request_id)  # its heap entry is skipped as stale
+        inst = self.insts.get(instance_id)
+        if inst is not None:
+            self._attach(r, inst)
+        else:
+            r.instance_id = instance_id  # unknown instance (no heartbeat yet): no load to account
+
     # --- queries --------------------------------------------------------------------------------------
+    def request_ids(self) -> list[str]:
+        return list(self.reqs)
+
+    def instance_ids(self) -> list[str]:
+        return list(self.insts)
+
+    def instance_of(self, request_id: str) -> str | None:
+        r = self.reqs.get(request_id)
+        return r.instance_id if r is not None else None
+
     def cap(self, request_id: str) -> float:
         r = self.reqs.get(request_id)
         return r.cap if r is not None else self.params.threshold.candidates[0]
@@ -160,7 +196,7 @@ class SchedulerCore:
         out = SchedulerOutput(rejected=self._rejected)
         self._rejected = []
         if self.load_controller is not None and self.load_controller.due(now_s):
-            out.caps = self._load_control(now_s)
+            out.caps = self._load_control(now_s, out)
         self._migrate(out)
         self._place(out, now_s)
         return out
@@ -280,13 +316,22 @@ class SchedulerCore:
                 r.at_boundary = False
                 out.migrations.append(Migration(rid, src.view.instance_id, dst.view.instance_id))
 
-    def _load_control(self, now_s: float) -> dict[str, float]:
+    def _load_control(self, now_s: float, out: SchedulerOutput) -> dict[str, float]:
         assert self.load_controller is not None
         items = [self._load_item(r) for r in self.reqs.values()]
         supply = sum(self.params.lc_utilization * self.cost.throughput(i.view.config, i.budget)
                      for i in self.insts.values() if not i.view.draining)
+        if self._shedding() and supply > 0:
+            shed = set(self.load_controller.shed(self._queued_items(now_s), supply, now_s, self.predictor,
+                                                 self.params.shed_threshold))
+            for rid in shed:
+                self._queued.discard(rid)  # its heap entry is skipped as stale by _place
+                del self.reqs[rid]
+                out.dropped.append(rid)
+            items = [i for i in items if i.request_id not in shed]
         window = self.params.global_slo_s or self._median_slo()
-        caps = self.load_controller.caps(items, supply, window, now_s, self.predictor)
+        caps = self.load_controller.caps(items, supply, window, now_s, self.predictor,
+                                         base_threshold=self._shed_base())
         changed = {}
         for rid, cap in caps.items():
             r = self.reqs[rid]
@@ -295,10 +340,33 @@ class SchedulerCore:
                 changed[rid] = cap
         return changed
 
+    def _shedding(self) -> bool:
+        return self.params.shed_threshold is not None and self.params.drop_expired
+
+    def _shed_base(self) -> float | None:
+        """With shedding on, the load already fits at the shedding τ: caps start there, not at the lowest."""
+        return self.params.shed_threshold if self._shedding() else None
+
+    def _queued_items(self, now_s: float) -> list[LoadItem]:
+        """The queue in placement order, each with its latest start: planning deadline (arrival + margin ×
+        SLO, as §4.3 plans) minus its steps at the shedding τ × the step latency of a full instance."""
+        steps = [self.cost.latency(i.view.config, i.budget) for i in self.insts.values() if not i.view.draining]
+        step_s, margin, tau = min(steps, default=0.0), self.params.threshold.margin, self.params.shed_threshold or 0.0
+        out = []
+        for r in sorted((r for r in self.reqs.values() if r.instance_id is None and r.view.request_id in self._queued),
+                        key=self._key):
+            it = self._load_item(r)
+            plan = r.view.arrival_s + margin * (r.deadline_s - r.view.arrival_s)
+            it.start_by_s = plan - step_s * max(it.n_refresh, self.predictor.steps_left(it.masked_left, tau))
+            out.append(it)
+        return out
+
     def _load_item(self, r: _Req) -> LoadItem:
         v, p = r.view, r.progress
         return LoadItem(v.request_id, p.masked_left(v.output_len), refresh_left(v.num_blocks, p.blocks_refreshed),
-                        v.full_len, v.block_len, p.committed / max(1, v.output_len), r.deadline_s, v.min_threshold)
+                        v.full_len, v.block_len, p.committed / max(1, v.output_len), r.deadline_s, v.min_threshold,
+                        droppable=r.instance_id is None and v.request_id in self._queued,
+                        priority=v.priority if self.params.use_priority else 0)
 
     def _median_slo(self) -> float:
         slos = sorted(r.deadline_s - r.view.arrival_s for r in self.reqs.values())

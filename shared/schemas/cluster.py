@@ -5,6 +5,21 @@ from __future__ import annotations
 from shared.schemas.base import Message
 
 
+class StepLatencySample(Message, tag="step_latency_sample"):
+    """One measured engine step: tokens executed and its wall latency (cost-model refit)."""
+
+    tokens: int
+    latency_s: float
+
+
+class ThresholdTpsSample(Message, tag="threshold_tps_sample"):
+    """Tokens committed over ``steps`` request-steps at ``threshold`` (step-predictor refit)."""
+
+    threshold: float
+    tokens: int
+    steps: int
+
+
 class WorkerHeartbeat(Message, tag="worker_heartbeat"):
     worker_id: str
     instance_config: str  # e.g. "tp1-dual"
@@ -17,6 +32,8 @@ class WorkerHeartbeat(Message, tag="worker_heartbeat"):
     sent_s: float
     draining: bool = False
     incarnation: str = ""  # new on every process start: a restarted worker (same id) holds none of the old requests
+    step_samples: list[StepLatencySample] = []  # steps since the previous heartbeat (at most 64, newest)
+    tps_samples: list[ThresholdTpsSample] = []  # per τ since the previous heartbeat
 
 
 class PlannerHeartbeat(Message, tag="planner_heartbeat"):

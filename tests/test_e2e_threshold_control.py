@@ -1,0 +1,100 @@
+"""Live threshold control through real processes (2 workers, the dilaserve policy): a burst of requests
+with tight SLOs makes the scheduler's load controller lower the threshold caps it forwards to the
+workers; once the burst drains the caps go back up and new requests run at the top τ again. Every
+request's ``min_threshold`` floor holds throughout (the worker's per-step τ choice is the simulator's
+``choose_threshold``).
+
+Robust on a slow, loaded machine: it asserts directions (a cap below the top while the burst is queued,
+a cap raised again afterwards, the top τ after it), never exact values or timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from shared import subjects
+from shared.schemas.requests import ThresholdCaps
+from shared.transport import Bus
+
+TOP = 0.9  # the highest candidate τ (shared/policy/threshold.py DEFAULT_CANDIDATES)
+PROMPT = "rev:abcdefghijklmnopqrstuvwx="  # 29 tokens; + 96 = 125 of the tiny model's 128 positions
+N_BURST = 24
+FLOOR = 0.8
+
+
+def _body(i: int) -> dict:
+    dlm: dict = {"slo_ms": 4000}
+    if i % 2:
+        dlm["min_threshold"] = FLOOR
+    return {"prompt": PROMPT, "max_tokens": 96, "dlm": dlm}
+
+
+async def _run(cluster) -> tuple[list[tuple[float, dict[str, float]]], list[dict], float, list[dict]]:
+    caps_log: list[tuple[float, dict[str, float]]] = []
+
+    async def on_caps(msg: ThresholdCaps, headers) -> None:
+        caps_log.append((time.monotonic(), dict(msg.caps)))
+
+    bus = await Bus.connect(cluster.nats_url, name="test-threshold-control")
+    try:
+        await bus.subscribe(subjects.worker_caps(), ThresholdCaps, on_caps)
+        await bus.flush()
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=180) as client:
+            # the burst: all at once, tight SLOs; half of them with a quality floor
+            resps = await asyncio.gather(*(client.post("/v1/completions", json=_body(i)) for i in range(N_BURST)))
+            burst_done = time.monotonic()
+            burst = [r.json() for r in resps]
+            assert all(r.status_code == 200 for r in resps), [r.text for r in resps if r.status_code != 200][:2]
+            await asyncio.sleep(2.5)  # a couple of load-control periods with the cluster idle
+            # after the burst: the same requests one at a time with a generous SLO run at the top τ again
+            probes = []
+            for i in range(2):
+                r = await client.post("/v1/completions", json={**_body(i), "dlm": {"slo_ms": 60000}})
+                assert r.status_code == 200, r.text
+                probes.append(r.json())
+    finally:
+        await bus.close()
+    return caps_log, burst, burst_done, probes
+
+
+def test_caps_fall_in_a_burst_recover_after_and_floors_hold(cluster):
+    t0 = time.monotonic()
+    caps_log, burst, burst_done, probes = asyncio.run(_run(cluster))
+
+    # floors: every τ a request ran at is within [its floor, top] (the floor wins over any cap)
+    for i, body in enumerate(burst):
+        used = body["dlm"]["thresholds_used"]
+        floor = FLOOR if i % 2 else 0.0
+        assert used and all(floor - 1e-9 <= t <= TOP + 1e-9 for t in used), (i, used)
+        if i % 2:
+            assert body["dlm"]["min_threshold"] == FLOOR
+
+    # caps fell during the burst: the load controller pushed at least one request's cap below the top
+    assert caps_log, "the scheduler forwarded no threshold caps during the burst"
+    lowest = min(c for _, caps in caps_log for c in caps.values())
+    assert lowest < TOP, caps_log
+    # ... and the floors held in the caps too: a floored request's cap never went below its floor
+    floored = {b["id"] for i, b in enumerate(burst) if i % 2}
+    # (request ids in the caps are the gateway's ids, which the responses carry)
+    assert all(c >= FLOOR - 1e-9 for _, caps in caps_log for rid, c in caps.items() if rid in floored), caps_log
+
+    # caps recovered: some request's cap was raised again after having been lowered
+    last: dict[str, float] = {}
+    raised = False
+    for _, caps in caps_log:
+        for rid, c in caps.items():
+            if rid in last and c > last[rid] + 1e-9:
+                raised = True
+            last[rid] = c
+    assert raised, caps_log
+    # ... and no cap below the top was issued once the burst was over (the cluster was idle)
+    assert all(c >= TOP - 1e-9 for t, caps in caps_log if t > burst_done + 1.5 for c in caps.values()), caps_log
+    # new requests after the burst run at the top τ (their floor 0.8 allows it)
+    for body in probes:
+        assert body["dlm"]["thresholds_used"] == [TOP], body["dlm"]
+    # some burst request ran below the top (the caps/slack rule actually acted), none below its floor
+    assert any(min(b["dlm"]["thresholds_used"]) < TOP for b in burst)
+    assert time.monotonic() - t0 < 120
