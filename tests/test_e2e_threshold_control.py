@@ -63,6 +63,11 @@ async def _run(cluster) -> tuple[list[tuple[float, dict[str, float]]], list[dict
 def test_caps_fall_in_a_burst_recover_after_and_floors_hold(cluster):
     t0 = time.monotonic()
     caps_log, burst, burst_done, probes = asyncio.run(_run(cluster))
+    print(f"\nburst of {N_BURST} done after {burst_done - t0:.1f} s; {len(caps_log)} cap messages:")
+    for t, caps in caps_log:
+        print(f"  {t - t0:6.2f} s  {len(caps)} requests, caps {sorted(set(caps.values()))}")
+    print("thresholds used:", [b["dlm"]["thresholds_used"] for b in burst], "probes:",
+          [b["dlm"]["thresholds_used"] for b in probes])
 
     # floors: every τ a request ran at is within [its floor, top] (the floor wins over any cap)
     for i, body in enumerate(burst):
