@@ -1,6 +1,8 @@
 """Live threshold control through real processes (2 workers, the dilaserve policy): a burst of requests
 with tight SLOs makes the scheduler's load controller lower the threshold caps it forwards to the
-workers; once the burst drains the caps go back up and new requests run at the top τ again. Every
+workers; the caps go back up once the burst's work no longer constrains (requests done, or past their
+deadline: a request that can no longer make it imposes no constraint of its own, docs/scheduler.md),
+no lowered cap is issued once the cluster is idle, and new requests run at the top τ again. Every
 request's ``min_threshold`` floor holds throughout (the worker's per-step τ choice is the simulator's
 ``choose_threshold``).
 
