@@ -72,9 +72,10 @@ class Relay:
             except asyncio.TimeoutError:
                 if left <= self.poll_after_s:
                     raise
-            try:
-                fin = await self.poll()
-            except Exception:  # Redis unreachable: keep waiting on NATS
+            try:  # bounded: a hung Redis must not hold the request past its own deadline
+                budget = max(0.05, min(self.poll_after_s, end - loop.time()))
+                fin = await asyncio.wait_for(self.poll(), timeout=budget)
+            except Exception:  # Redis unreachable or slow: keep waiting on NATS
                 fin = None
             if fin is not None:
                 return fin, {}
