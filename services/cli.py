@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("services.loadgen", "open-loop load generator against a running gateway"),
     "simulate": ("shared.sim.cli", "trace-driven discrete-event simulation of the scheduling policies"),
     "plan-bench": ("services.planner.bench", "planner MILP solve-time benchmark"),
+    "soak": ("services.soak", "many concurrent streaming clients: errors and gateway memory over time"),
     "chaos": ("services.chaos", "fault injection under load: nothing accepted is lost, duplicated or changed"),
     "gateway": ("services.gateway.main", "run the gateway service"),
     "scheduler": ("services.scheduler.main", "run the scheduler service"),
