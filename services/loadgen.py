@@ -35,6 +35,7 @@ class Outcome:
     ok: bool
     latency_s: float = 0.0
     overhead_ms: float | None = None
+    timings_ms: dict[str, float] | None = None  # the response's dlm.timings (overhead breakdown)
     slo_met: bool | None = None
     correct: bool | None = None
     error: str = ""
@@ -113,7 +114,7 @@ async def fire(client, url: str, shot: Shot, slo_ms: float | None) -> Outcome:
     text = data["choices"][0]["text"]
     from shared.tasks import Problem
 
-    return Outcome(True, latency, overhead_ms=timings.get("overhead_ms"),
+    return Outcome(True, latency, overhead_ms=timings.get("overhead_ms"), timings_ms=timings,
                    slo_met=None if slo_ms is None else latency * 1000 <= slo_ms,
                    correct=check_answer(Problem(shot.task, shot.prompt, shot.answer), text))
 
@@ -168,9 +169,24 @@ def summarize(args: argparse.Namespace, outcomes: list[Outcome], wall_s: float) 
         "latency_mean_s": r(sum(lat) / len(lat) if lat else None),
         "throughput_rps": r(len(ok) / wall_s if wall_s else 0.0, 3),
         "overhead_p50_ms": r(percentile(over, 50), 3), "overhead_p99_ms": r(percentile(over, 99), 3),
+        "overhead_parts_p50_ms": overhead_parts(ok),
         "accuracy": r(sum(correct) / len(correct)) if correct else None,
         "first_errors": errors[:5],
     }
+
+
+OVERHEAD_PARTS = ("to_scheduler_ms", "to_worker_ms", "result_return_ms", "queue_ms")
+
+
+def overhead_parts(ok: list[Outcome]) -> dict[str, float | None]:
+    """Median of each hop of the overhead (gateway → scheduler, scheduler → worker, result → gateway),
+    so that a regression names its hop."""
+    parts = {}
+    for key in OVERHEAD_PARTS:
+        vals = [o.timings_ms[key] for o in ok if o.timings_ms and o.timings_ms.get(key) is not None]
+        p50 = percentile(vals, 50)
+        parts[key] = None if p50 is None else round(p50, 3)
+    return parts
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
