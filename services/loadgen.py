@@ -206,9 +206,14 @@ def main(args: argparse.Namespace) -> int:
         print("error: --rps and --duration must be > 0", file=sys.stderr)
         return 2
     summary = asyncio.run(run(args))
+    print_summary(summary, args.json)
+    return 0 if summary["errors"] == 0 else 1
+
+
+def print_summary(summary: dict, json_path: str | None) -> None:
+    """A load command's result: JSON on stdout, and in ``json_path`` when given."""
     text = json.dumps(summary, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    return 0 if summary["errors"] == 0 else 1
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")

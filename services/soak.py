@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.loadgen import percentile
+from services.loadgen import percentile, print_summary
 
 REFUSALS = (429, 503)
 
@@ -177,9 +176,5 @@ def main(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.stop()
     summary = summarize(stats, memory, wall, args)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+    print_summary(summary, args.json)
     return 0 if summary["errors"] == 0 and summary["memory_flat"] is not False else 1
