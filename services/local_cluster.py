@@ -250,7 +250,7 @@ DiLaServe is up: {c.url}   (NATS {c.nats_url}, Redis {c.redis_url})
 logs: {c.run_dir / 'logs'}
 
   curl -s {c.url}/v1/completions -H 'content-type: application/json' \\
-       -d '{{"model": "dilaserve-tiny", "prompt": "rev:hello=", "max_tokens": 16}}'
+       -d '{{"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 16}}'
 
 Press Ctrl-C to stop.
 """

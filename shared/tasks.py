@@ -28,6 +28,7 @@ Split = Literal["train", "eval"]
 TASKS = ("add", "sub", "mul", "sort", "rev")
 EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
 MAX_ANSWER_CHARS = 24
+MAX_REPEATED_DRAWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,16 @@ def make_problems(n: int, seed: int, split: Split = "eval", tasks: tuple[str, ..
     rng = random.Random(f"{split}:{seed}")
     seen: set[str] = set()
     out: list[Problem] = []
+    repeats = 0  # draws in a row that gave nothing new: the space is (nearly) exhausted
     while len(out) < n:
         p = sample_problem(rng, split, tasks)
         if split == "eval" and p.prompt in seen:
+            repeats += 1
+            if repeats > MAX_REPEATED_DRAWS:
+                raise ValueError(f"asked for {n} distinct {split} problems of {', '.join(tasks)}, but only about "
+                                 f"{len(out)} exist (e.g. mul has 800 prompts, a tenth of them eval): ask for fewer")
             continue
+        repeats = 0
         seen.add(p.prompt)
         out.append(p)
     return out

@@ -166,10 +166,11 @@ def test_ANSWERS_are_correct_with_the_shipped_model(cluster):
     from services.worker.model import load_model, load_tokenizer
 
     served = {}
-    for prompt in ("rev:abc=", "sort:3142=", "123+456="):
+    answers = {"123+456=": "0579", "905-017=": "888", "sort:3142=": "1234"}
+    for prompt in answers:
         r = _post(cluster, "/v1/completions", {"prompt": prompt, "max_tokens": 16})
         served[prompt] = r.json()["choices"][0]["text"]
-    assert served["rev:abc="] == "cba" and served["sort:3142="] == "1234", served
+    assert served == answers
     model, tok = load_model(default_model_dir()), load_tokenizer(default_model_dir())
     states = [new_state(p, tok.encode(p, add_special_tokens=False), 16, model.config.mask_token_id, 8, threshold=0.9)
               for p in served]

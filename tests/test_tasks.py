@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from shared.tasks import MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
 
 
@@ -50,3 +52,9 @@ def test_every_task_appears_and_some_span_several_blocks():
     assert {p.task for p in problems} == set(TASKS)
     assert max(len(p.answer) for p in problems) > 16  # > 2 blocks of 8 in a 32-token canvas
     assert max(len(p.answer) for p in problems) <= MAX_ANSWER_CHARS
+
+
+def test_asking_for_more_distinct_eval_problems_than_exist_is_a_clear_error() -> None:
+    assert len(make_problems(40, seed=1, tasks=("mul",))) == 40  # ~80 distinct eval mul prompts exist
+    with pytest.raises(ValueError, match="distinct eval problems of mul"):
+        make_problems(200, seed=1, tasks=("mul",))
