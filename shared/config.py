@@ -29,6 +29,8 @@ class NatsConfig:
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     result_ttl_s: int = 3600  # finished request records expire after this
+    max_connections: int = 64  # per process; beyond it commands wait for a free connection
+    pool_timeout_s: float = 10.0  # how long a command may wait for one before it fails
 
 
 @dataclass

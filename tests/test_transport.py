@@ -105,3 +105,18 @@ async def test_store_cancel(store):
     assert await store.cancel("c1", 2.0) == "cancelled"
     assert await store.cancel("unknown", 2.0) == ""
     assert await store.transition("c1", "assigned", ("queued",), 3.0, "w") == (False, "cancelled")
+
+
+async def test_store_bursts_beyond_its_pool_wait_instead_of_failing(redis_url):
+    """300 concurrent commands through a pool of 4 connections all succeed (redis-py's default pool
+    would fail past its limit with "Too many connections", a 503 at the gateway under load)."""
+    s = await Store.connect(redis_url + "/1", max_connections=4, pool_timeout_s=10.0)
+    try:
+        before = len(await s.r.client_list())  # the server's clients, one of them ours
+        await asyncio.gather(*(s.create_request(_submit(f"burst-{i}"), 1.0) for i in range(300)))
+        states = await s.get_states([f"burst-{i}" for i in range(300)])
+        assert states == ["queued"] * 300
+        assert len(await s.r.client_list()) <= before + 3  # never more than 4 of ours
+    finally:
+        await s.r.flushdb()
+        await s.close()

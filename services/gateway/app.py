@@ -73,7 +73,7 @@ class Gateway:
         from shared.transport import Bus, Store
 
         self.bus = await Bus.connect(self.cfg.nats.url, name=self.gateway_id)
-        self.store = await Store.connect(self.cfg.redis.url, self.cfg.redis.result_ttl_s)
+        self.store = await Store.from_config(self.cfg.redis)
         self.guard.take_token = self.store.take_token
         await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.cfg.nats.submit_max_age_s)
         await self.bus.subscribe(subjects.scheduler_heartbeat(), SchedulerHeartbeat, self._on_cluster)

@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         tel = setup_telemetry("planner")
         pcfg = cfg.planner
         bus = await Bus.connect(cfg.nats.url, name=pcfg.planner_id)
-        store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
+        store = await Store.from_config(cfg.redis)
         svc = PlannerService(pcfg, bus, store, tel, planner_cost_model(cfg), cfg.worker.block_length,
                              budget_step_s=getattr(cfg.scheduler, "budget_step_s", 0.0))
         await svc.start()

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
 
         tel = setup_telemetry("scheduler")
         bus = await Bus.connect(cfg.nats.url, name=cfg.scheduler.scheduler_id)
-        store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
+        store = await Store.from_config(cfg.redis)
         sc = cfg.scheduler
         worker_config = f"tp1-{cfg.worker.cache_mode}"  # what workers report (WorkerService.instance_config)
         policy = live_core(sc.policy, live_cost_model(sc.cost_model, worker_config), global_slo_s=sc.global_slo_s,

@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(model_dir, device=wcfg.device)
         engine = DenoisingEngine(model, cache_mode=wcfg.cache_mode)  # type: ignore[arg-type]
         bus = await Bus.connect(cfg.nats.url, name=worker_id)
-        store = await Store.connect(cfg.redis.url, cfg.redis.result_ttl_s)
+        store = await Store.from_config(cfg.redis)
         from services.worker.threshold_control import ThresholdControl
         from shared.policy.live import live_cost_model, live_threshold_params
         from shared.policy.step_predictor import StepPredictor

@@ -12,6 +12,7 @@ State changes go through small Lua scripts so concurrent services cannot overwri
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -23,6 +24,9 @@ from shared.schemas.codec import decode, encode
 from shared.schemas.engine import DecodeState
 from shared.schemas.records import RequestRecord
 from shared.schemas.requests import RequestFinished, SubmitRequest
+
+if TYPE_CHECKING:
+    from shared.config import RedisConfig
 
 DEADLINES = "dlm:deadlines"
 PLAN = "dlm:plan"
@@ -109,16 +113,30 @@ class Store:
         self._token_bucket = client.register_script(_TOKEN_BUCKET)
 
     @classmethod
-    async def connect(cls, url: str, result_ttl_s: int = 3600) -> Store:
+    async def connect(cls, url: str, result_ttl_s: int = 3600, max_connections: int = 64,
+                      pool_timeout_s: float = 10.0) -> Store:
         # A Redis restart (AOF reload included) is ridden out: every command is retried with backoff
         # for ~20 s before the error reaches the caller. State changes are Lua compare-and-sets, so a
         # retried command whose first attempt did land is harmless (see finish()).
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=45,
                       supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError))
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, retry=retry,
-                                         retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError])
+        # A blocking pool: under a burst, commands wait (up to pool_timeout_s) for one of
+        # max_connections connections. redis-py's default pool instead fails at once with "Too many
+        # connections" past 100 concurrent commands (200 streaming clients hit that). Redis runs
+        # commands one at a time, so more connections would add no throughput.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout_s, socket_connect_timeout=5,
+            health_check_interval=30, retry=retry,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError])
+        client = aioredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True  # aclose() also closes the pool we built
         await client.ping()
         return cls(client, result_ttl_s)
+
+    @classmethod
+    async def from_config(cls, cfg: RedisConfig) -> Store:
+        """From a ``RedisConfig`` (url, TTL and pool settings)."""
+        return await cls.connect(cfg.url, cfg.result_ttl_s, cfg.max_connections, cfg.pool_timeout_s)
 
     async def close(self) -> None:
         await self.r.aclose()
