@@ -24,14 +24,21 @@ def request_submit() -> str:
     return f"{PREFIX}.gateway.request.submit"
 
 
+def request_offer() -> str:
+    """SubmitRequest, core NATS: the same message as request_submit(), sent beside it because core NATS
+    reaches the scheduler one JetStream pass sooner (~1.4 ms here). Not durable and not needed: the
+    JetStream copy is what the scheduler acks, and what a restarted scheduler gets redelivered."""
+    return f"{PREFIX}.gateway.request.offer"
+
+
 def request_cancel(request_id: str | None = None) -> str:
     """CancelRequest; None gives the wildcard every worker and the scheduler listen on."""
     return f"{PREFIX}.gateway.request.cancel.{_check_token(request_id) if request_id else '*'}"
 
 
-def worker_assign(worker_id: str) -> str:
-    """Assignment (request) → AssignmentAck (reply)."""
-    return f"{PREFIX}.scheduler.request.assign.{_check_token(worker_id)}"
+def worker_assign(worker_id: str | None = None) -> str:
+    """Assignment (request) → AssignmentAck (reply); None gives the wildcard over all workers (observers, tests)."""
+    return f"{PREFIX}.scheduler.request.assign.{_check_token(worker_id) if worker_id else '*'}"
 
 
 def worker_caps(worker_id: str | None = None) -> str:

@@ -66,7 +66,7 @@ def test_tagged_union_decoding_and_wrong_type_rejected():
 
 def test_subjects_follow_the_scheme():
     scheme = re.compile(r"^dlm\.v1\.[a-z]+\.[a-z]+\.([a-z]+|\*)(\.[A-Za-z0-9_*-]+)?$")
-    for s in [subjects.request_submit(), subjects.request_cancel("r1"), subjects.request_cancel(), subjects.worker_assign("w-1"),
+    for s in [subjects.request_submit(), subjects.request_offer(), subjects.request_cancel("r1"), subjects.request_cancel(), subjects.worker_assign("w-1"),
               subjects.worker_caps("w"), subjects.request_commit("r"), subjects.request_done("r"), subjects.request_events("r"),
               subjects.worker_heartbeat("w"), subjects.scheduler_heartbeat(), subjects.planner_heartbeat(), subjects.plan_publish()]:
         assert scheme.match(s), s

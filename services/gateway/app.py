@@ -165,9 +165,12 @@ class Gateway:
         try:
             # Both writes at once (one round trip, not two). The scheduler tolerates seeing the
             # submission a moment before the Redis record (it retries briefly).
+            headers = self.tel.inject({})
+            if self.gcfg.offer_submissions:
+                self._offer(msg, headers)
             await asyncio.wait_for(asyncio.gather(
                 self.store.create_request(msg, acc.arrival_s),
-                self.bus.js_publish(subjects.request_submit(), msg, self.tel.inject({}), self.gcfg.backend_timeout_s)),
+                self.bus.js_publish(subjects.request_submit(), msg, headers, self.gcfg.backend_timeout_s)),
                 self.gcfg.backend_timeout_s)
         except Exception as exc:
             await relay.close()
@@ -178,6 +181,16 @@ class Gateway:
             raise ApiError(503, f"could not submit the request: {reason}", code="service_unavailable", type_="server_error") from None
         self.tel.metrics.request_admitted()
         return relay
+
+    def _offer(self, msg: SubmitRequest, headers: dict[str, str]) -> None:
+        """The core-NATS copy of a submission (subjects.request_offer): best effort, never awaited —
+        the JetStream publish decides whether the request is accepted."""
+        async def send() -> None:
+            try:
+                await self.bus.publish(subjects.request_offer(), msg, headers)
+            except Exception as exc:
+                log.debug("offer of %s not sent: %s", msg.request_id, exc)
+        self.spawn(send())
 
     async def cancel(self, request_id: str, reason: str) -> str | None:
         current = await self.backend(self.store.cancel(request_id, time.time()), "cancel")

@@ -38,6 +38,7 @@ class _Entry:
     worker_id: str | None = None  # None = queued
     record_retries: int = 0
     confirm: bool = False  # rebuilt from Redis as assigned: re-send the assignment when its worker shows up
+    persisted: bool = False  # Redis holds an assignment for it: its JetStream message may be acked at once
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SchedulerService:
             await self.bus.subscribe(subjects.request_done(), RequestFinished, self.on_done),
             await self.bus.subscribe(subjects.request_commit(), BlockCommitted, self.on_commit),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
+            await self.bus.subscribe(subjects.request_offer(), SubmitRequest, self.on_offer),
             await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM, subjects.SCHEDULER_DURABLE,
                                       SubmitRequest, self.on_submit, self.cfg.ack_wait_s),
         ]
@@ -120,7 +122,7 @@ class SchedulerService:
                 continue
             wid = rec.worker_id if rec.state in ("assigned", "running") and rec.worker_id else None
             self.entries[rec.request_id] = _Entry(rec.submit, request_view(rec.submit, self.block_length), {}, None, wid,
-                                                  confirm=wid is not None)
+                                                  confirm=wid is not None, persisted=wid is not None)
             if wid and wid not in self.workers:
                 self.workers[wid] = _Worker(last_seen_mono=now)
         if self.entries:
@@ -129,15 +131,23 @@ class SchedulerService:
 
     # -- inputs -------------------------------------------------------------------------------
     async def on_submit(self, d: Delivery[SubmitRequest]) -> None:
-        rid = d.message.request_id
-        entry = self.entries.get(rid)
-        if entry is not None:  # redelivery (or rebuilt from Redis): keep the newest handle to ack
-            if entry.worker_id is None:
-                entry.delivery = d
-            else:
-                await d.ack()
-            return
-        self.entries[rid] = _Entry(d.message, request_view(d.message, self.block_length), d.headers, d)
+        """The durable copy of a submission (JetStream). Acked once Redis holds its assignment."""
+        entry = self.entries.get(d.message.request_id)
+        if entry is None:
+            self._admit(d.message, d.headers, d)
+        elif entry.persisted:  # placed already (offered earlier, a redelivery, or rebuilt from Redis)
+            await d.ack()
+        else:  # offered earlier or still queued: keep the newest handle, acked when the assignment is persisted
+            entry.delivery = d
+
+    async def on_offer(self, s: SubmitRequest, headers: dict[str, str]) -> None:
+        """The core-NATS copy, usually ahead of the JetStream one: start placing now. A stale offer (e.g.
+        flushed after a reconnect) for a finished request is harmless: its Redis transition fails."""
+        if not self.stopping and s.request_id not in self.entries:
+            self._admit(s, headers, None)
+
+    def _admit(self, s: SubmitRequest, headers: dict[str, str], delivery: Delivery | None) -> None:
+        self.entries[s.request_id] = _Entry(s, request_view(s, self.block_length), headers, delivery)
         self.tel.metrics.request_admitted()
         self.kick.set()
 
@@ -315,9 +325,11 @@ class SchedulerService:
         now = time.time()
         entry.confirm = False
         done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
-        if not done and current == "" and entry.record_retries < 50:
-            entry.record_retries += 1  # the gateway writes Redis and JetStream concurrently: record not there yet
-            self._requeue(entry, delay_s=0.002)
+        if not done and current == "" and time.time() - s.arrival_s < self.cfg.record_wait_s:
+            # The gateway writes Redis and NATS concurrently, and its Redis write may be riding out a
+            # Redis restart: wait for the record (backing off) rather than dropping an accepted request.
+            entry.record_retries += 1
+            self._requeue(entry, delay_s=min(0.5, 0.001 * 2 ** min(entry.record_retries, 9)))
             return
         if not done:  # cancelled meanwhile, or already finished / unknown
             self.entries.pop(s.request_id, None)
@@ -326,6 +338,7 @@ class SchedulerService:
             else:
                 await self._ack(entry)
             return
+        entry.persisted = True
         await self._ack(entry)  # the assignment is persisted: JetStream may forget the submission
         with self.tel.tracer.start_as_current_span(tn.SPAN_SCHEDULER_PLACE, context=self.tel.extract(entry.headers)) as span:
             span.set_attribute(tn.ATTR_REQUEST_ID, s.request_id)
