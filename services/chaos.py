@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -364,12 +365,14 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
     if "held_requests" in fault:
         fault["resumed_from_checkpoint"] = {rid: b for rid, b in resumed.items() if rid in fault["held_requests"]}
         # Held when the fault was chosen, yet finished by the victim itself: its last step landed before
-        # the SIGKILL, or within a graceful stop's final step. Nothing to resume for those. Within 1 s of
-        # the fault, so that a re-run from scratch on the restarted victim (same id, up after seconds)
-        # does not count.
+        # the SIGKILL, or within a graceful stop's final step, or (pause-worker) the same process woke up
+        # and finished it before it was re-placed. Nothing to resume for those. After a kill or stop only
+        # within 1 s of the fault, so that a re-run from scratch on the restarted victim (same id, up
+        # after seconds) does not count.
+        window_s = math.inf if scenario == "pause-worker" else 1.0
         fault["held_finished_by_victim"] = sorted(
             o.request_id for o in outcomes if o.request_id in fault["held_requests"] and o.worker_id == fault["target"]
-            and o.request_id not in resumed and o.sent_s + o.latency_s <= fault["injected_at_s"] + 1.0)
+            and o.request_id not in resumed and o.sent_s + o.latency_s <= fault["injected_at_s"] + window_s)
 
     accepted = [o for o in outcomes if o.accepted]
     completed = [o for o in accepted if o.completed]

@@ -36,7 +36,13 @@ def test_chaos_nothing_lost_duplicated_or_changed(chaos_setup, scenario):
     assert rep["mismatched_outputs"] == 0, (summary, rep["problems"])
     # Most submissions land even mid-fault (clients retry Redis; NATS publishes are buffered).
     assert rep["accepted"] >= NUM_REQUESTS // 2, (summary, rep["rejections"])
-    assert rep["completion_events"] == rep["accepted"], summary  # one RequestFinished per accepted request
+    # One RequestFinished per accepted request. Core NATS is at-most-once: a completion still in a killed
+    # worker's send buffer, or in the socket of a nats-server being killed, is gone (the gateway and the
+    # scheduler then read the result from Redis), so there an event may be missing — never one too many.
+    if scenario in ("nats-blip", "kill-worker"):
+        assert rep["completion_events"] <= rep["accepted"], summary
+    else:
+        assert rep["completion_events"] == rep["accepted"], summary
     assert set(rep["redis_states"]) == {"completed"}, rep["redis_states"]
     if scenario in ("kill-worker", "stop-worker", "pause-worker"):
         fault = rep["fault"]
