@@ -163,8 +163,8 @@ class Gateway:
         sub, queue = await self.bus.subscribe_queue(subjects.request_events(acc.request_id), BlockCommitted | RequestFinished)
         relay = Relay(sub, queue, poll=lambda: stored_result(self.store, acc.request_id))
         try:
-            # Both writes at once (one round trip, not two). The scheduler tolerates seeing the
-            # submission a moment before the Redis record (it retries briefly).
+            # Both writes at once (one round trip, not two), plus the core-NATS offer. The scheduler
+            # tolerates seeing the submission before the Redis record (it retries, scheduler.record_wait_s).
             headers = self.tel.inject({})
             if self.gcfg.offer_submissions:
                 self._offer(msg, headers)
