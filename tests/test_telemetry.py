@@ -337,8 +337,11 @@ def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tm
                           headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
                           json={"model": "dilaserve-tiny", "prompt": "1+1=", "max_tokens": 8})
         assert resp.status_code == 200, resp.text
+        wanted_metrics = {n.REQUESTS.name, n.STEPS.name, n.STEP_LATENCY.name}
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not {"gateway", "scheduler", "worker"} <= _services_in_trace(receiver, trace_id):
+        while time.monotonic() < deadline and not (
+                {"gateway", "scheduler", "worker"} <= _services_in_trace(receiver, trace_id)
+                and wanted_metrics <= receiver.metric_names()):  # metrics export every 0.5 s, spans sooner
             time.sleep(0.2)
     finally:
         cluster.stop()
@@ -346,7 +349,7 @@ def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tm
     for svc, s in receiver.spans():
         traces.setdefault(s.trace_id.hex(), set()).add(f"{svc}:{s.name}")
     assert {"gateway", "scheduler", "worker"} <= _services_in_trace(receiver, trace_id), traces
-    assert {n.REQUESTS.name, n.STEPS.name, n.STEP_LATENCY.name} <= receiver.metric_names()
+    assert wanted_metrics <= receiver.metric_names()
 
 
 def _collector_prometheus_name(spec: n.MetricSpec) -> str:
