@@ -176,6 +176,15 @@ def test_rate_limit_429_with_retry_after(secure):
     # generation is limited by the same bucket; another key has a bucket of its own
     _assert_error(httpx.post(url + C, json={"prompt": "1+1="}, headers=_auth("rate"), timeout=10), 429, "rate_limit_exceeded")
     assert httpx.get(url + "/v1/models", headers=_auth("other"), timeout=10).status_code == 200
+    # the refused generation request is counted (a refused /v1/models is not a request)
+    assert _rejected_count(url) == 1
+
+
+def _rejected_count(url: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("dilaserve_requests_total{") and 'outcome="rejected"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 # -- sizes --------------------------------------------------------------------------------------------
@@ -216,6 +225,7 @@ def test_overload_503_with_retry_after(busy):
                 r = await client.post(C, json={"prompt": "1+1=", "max_tokens": 4})
                 _assert_error(r, 503, "server_overloaded")
                 assert r.headers["retry-after"] == "3"
+                assert _rejected_count(busy) >= 1  # counted as rejected
                 assert (await client.get("/v1/models")).status_code == 200  # only generation is bounded
             # The clients went away: their slots are free again.
             for _ in range(100):

@@ -66,7 +66,8 @@ class Gateway:
         self.store = None
         self.cluster: SchedulerHeartbeat | None = None
         self.cluster_seen_mono = 0.0
-        self.guard = GuardState(cfg.security, backend_timeout_s=self.gcfg.backend_timeout_s)
+        self.guard = GuardState(cfg.security, backend_timeout_s=self.gcfg.backend_timeout_s,
+                                on_refused=lambda: self.tel.metrics.request_finished("rejected"))
         self._tasks: set[asyncio.Task] = set()  # strong refs: the loop keeps only weak ones
 
     async def connect(self) -> None:
@@ -177,6 +178,7 @@ class Gateway:
             log.exception("submission of %s failed", acc.request_id)
             # Half a submission may have landed: mark it cancelled so a 503 really means "not run".
             self.spawn(self.cancel_quietly(acc.request_id, "submission failed"))
+            self.tel.metrics.request_finished("rejected")
             reason = f"no answer within {self.gcfg.backend_timeout_s:g}s" if isinstance(exc, asyncio.TimeoutError) else exc
             raise ApiError(503, f"could not submit the request: {reason}", code="service_unavailable", type_="server_error") from None
         self.tel.metrics.request_admitted()

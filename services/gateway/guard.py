@@ -36,6 +36,7 @@ class GuardState:
     take_token: TakeToken | None = None  # set once the store is connected
     backend_timeout_s: float = 5.0
     inflight: int = 0
+    on_refused: Callable[[], None] | None = None  # a generation request refused (429/503): counted as "rejected"
 
     def __post_init__(self) -> None:
         self.key_hashes = frozenset(self.sec.api_key_hashes)
@@ -59,6 +60,8 @@ class Guard:
             self._check_content_length(scope)
             await self._rate_limit(client)
         except ApiError as exc:
+            if exc.status == 429 and scope["path"] in GENERATE_PATHS:
+                self._refused()
             return await exc.response()(scope, receive, send)
         receive = self._limit_body(receive)
         if scope["path"] not in GENERATE_PATHS or scope["method"] != "POST":
@@ -118,6 +121,7 @@ class Guard:
         """Bound on generation requests in flight here (a stream holds its slot until it ends)."""
         st = self.state
         if st.sec.max_inflight and st.inflight >= st.sec.max_inflight:
+            self._refused()
             retry = max(1, st.sec.retry_after_s)
             resp = JSONResponse(status_code=503, headers={"Retry-After": str(retry)}, content=error_body(
                 f"The gateway is at capacity ({st.sec.max_inflight} requests in flight). Retry after {retry} s.",
@@ -128,6 +132,11 @@ class Guard:
             await self.app(scope, receive, send)
         finally:
             st.inflight -= 1
+
+
+    def _refused(self) -> None:
+        if self.state.on_refused is not None:
+            self.state.on_refused()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
