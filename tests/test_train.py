@@ -25,3 +25,33 @@ def test_train_exports_and_resumes(tmp_path, capsys):
     assert _train(tmp_path, 4) == 0
     assert "resuming" in capsys.readouterr().out
     assert json.loads((tmp_path / "model" / "training.json").read_text())["trained_steps"] == 4
+
+
+def test_micro_batches_give_the_full_batch_gradient():
+    """Length-sorted micro-batches (each padded to its own longest row) must not change the gradient."""
+    import torch
+
+    from services.worker.model import LLaDAModelLM, register_llada
+    from services.worker.train import CharCodec, TrainConfig, batch_loss, make_batch, model_config
+
+    register_llada()
+    cfg = TrainConfig(batch_size=12, d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=32)
+    codec = CharCodec()
+    torch.manual_seed(0)
+    model = LLaDAModelLM(model_config(cfg, codec))
+    batch = make_batch(cfg, codec, step=3)
+    grads, losses = [], []
+    for micro in (1, 3):
+        model.zero_grad()
+        losses.append(batch_loss(model, batch, micro, bf16=False))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert abs(losses[0] - losses[1]) < 1e-5
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_bad_precision_is_a_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="--precision must be bf16 or fp32"):
+        cli(["train", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"), "--steps", "1",
+             "--precision", "fp16"])
