@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "scheduler": ("services.scheduler.main", "run the scheduler service"),
     "planner": ("services.planner.main", "run the planner service"),
     "worker": ("services.worker.main", "run one worker (model instance)"),
+    "supervisor": ("services.supervisor_main", "node supervisor: runs this node's workers, follows the plans"),
 }
 
 

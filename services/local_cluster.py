@@ -164,6 +164,7 @@ class LocalCluster:
     nats_url: str = ""
     redis_url: str = ""
     env: dict[str, str] = field(default_factory=dict)  # the services' environment (to restart one alike)
+    supervised: bool = False  # a node supervisor runs the workers and executes the planner's plans
 
     @property
     def url(self) -> str:
@@ -188,16 +189,23 @@ class LocalCluster:
         self.env = env
         self.services = [start_service("scheduler", ["scheduler"], self.run_dir, env),
                          start_service("planner", ["planner"], self.run_dir, env)]
-        self.services += [start_service(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], self.run_dir, env)
-                          for i in range(self.num_workers)]
+        if self.supervised:
+            self.services.append(start_service("supervisor", ["supervisor", "--run-dir", str(self.run_dir)],
+                                               self.run_dir, env))
+        else:
+            self.services += [start_service(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"], self.run_dir,
+                                            env) for i in range(self.num_workers)]
         self.services.append(start_service("gateway", ["gateway"], self.run_dir, env))
         wait_ready(self.url, self.num_workers, self.services + self.infra, timeout_s, progress)
 
     def stop(self) -> None:
         gateway = [p for p in self.services if p.name == "gateway"]
         workers = [p for p in self.services if p.name.startswith("worker")]
-        rest = [p for p in self.services if p not in gateway and p not in workers]
-        stop_all(gateway + workers + rest)
+        supervisor = [p for p in self.services if p.name == "supervisor"]
+        rest = [p for p in self.services if p not in gateway + workers + supervisor]
+        stop_all(gateway + workers)
+        stop_all(supervisor, grace_s=60.0)  # it drains its workers one block boundary each, then exits
+        stop_all(rest)
         stop_all(list(reversed(self.infra)))
 
 
@@ -206,11 +214,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="gateway HTTP port (default 8000)")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/up-<timestamp>)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--supervised", action="store_true",
+                   help="run the workers under a node supervisor that executes the planner's plans (drains and "
+                        "starts workers); without it the workers stay as started and plans are only published")
 
 
 def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or REPO / "runs" / time.strftime("up-%Y%m%d-%H%M%S")).resolve()
-    cluster = LocalCluster(run_dir, num_workers=args.workers, port=args.port)
+    cluster = LocalCluster(run_dir, num_workers=args.workers, port=args.port, supervised=args.supervised)
     print(f"starting DiLaServe: {args.workers} workers, run folder {run_dir}", flush=True)
     stop_requested = False
 

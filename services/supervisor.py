@@ -165,16 +165,32 @@ class Supervisor:
         self.instances.pop(inst.worker_id, None)
         res.drained.append(inst.worker_id)
 
-    async def run(self, bus) -> None:
-        """Follow ``subjects.plan_publish()`` until cancelled (each plan applied in order)."""
+    async def run(self, bus, store=None) -> None:
+        """Follow ``subjects.plan_publish()`` until cancelled (each plan applied in order).
+
+        With ``store``, also watch the planner's heartbeat: when the plan id it reports changes to one this
+        node has not applied (a publish missed during a NATS blip), the plan is read back from Redis."""
         from shared import subjects
+        from shared.schemas.cluster import PlannerHeartbeat
 
         queue: asyncio.Queue[Plan] = asyncio.Queue()
+        reported = {"plan_id": ""}
 
         async def on_plan(plan: Plan, headers: dict[str, str]) -> None:
             queue.put_nowait(plan)
 
+        async def on_heartbeat(hb: PlannerHeartbeat, headers: dict[str, str]) -> None:
+            changed = hb.plan_id and hb.plan_id != reported["plan_id"]
+            reported["plan_id"] = hb.plan_id
+            if changed and hb.plan_id != self.plan_id:
+                plan = await store.load_plan()
+                if plan is not None and plan.plan_id == hb.plan_id:
+                    log.warning("plan %s was not received on %s: read it back from Redis", plan.plan_id,
+                                subjects.plan_publish())
+                    queue.put_nowait(plan)
+
         sub = await bus.subscribe(subjects.plan_publish(), Plan, on_plan)
+        hb_sub = await bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, on_heartbeat) if store else None
         try:
             while True:
                 plan = await queue.get()
@@ -184,6 +200,8 @@ class Supervisor:
                     await self.apply(plan)
         finally:
             await sub.unsubscribe()
+            if hb_sub is not None:
+                await hb_sub.unsubscribe()
 
     def stop_all(self, grace_s: float = 10.0) -> None:
         """SIGTERM every worker (graceful), SIGKILL what ignores it (shutdown of the whole node)."""
