@@ -185,8 +185,7 @@ class Supervisor:
             if changed and hb.plan_id != self.plan_id:
                 plan = await store.load_plan()
                 if plan is not None and plan.plan_id == hb.plan_id:
-                    log.warning("plan %s was not received on %s: read it back from Redis", plan.plan_id,
-                                subjects.plan_publish())
+                    log.info("planner reports plan %s, not applied here: read it back from Redis", plan.plan_id)
                     queue.put_nowait(plan)
 
         sub = await bus.subscribe(subjects.plan_publish(), Plan, on_plan)
