@@ -23,12 +23,15 @@ def test_eval_problems_never_generated_for_training():
     assert all(split_of(p) == "train" for p in train)
 
 
-def test_training_weights_bias_the_task_mix_and_keep_the_split():
-    from shared.tasks import TRAIN_TASK_WEIGHTS
+def test_training_curriculum_biases_the_task_mix_and_keeps_the_split():
+    from shared.tasks import TRAIN_CURRICULUM, train_weights_at
 
+    assert train_weights_at(0.0) is TRAIN_CURRICULUM[0][1] and train_weights_at(1.0) is TRAIN_CURRICULUM[-1][1]
     rng = random.Random(7)
-    drawn = [sample_problem(rng, "train", weights=TRAIN_TASK_WEIGHTS) for _ in range(3000)]
+    drawn = [sample_problem(rng, "train", weights=train_weights_at(0.0)) for _ in range(3000)]
     counts = {t: sum(p.task == t for p in drawn) for t in TASKS}
+    late = [sample_problem(rng, "train", weights=train_weights_at(0.9)).task for _ in range(3000)]
+    assert late.count("add") > 2 * counts["add"]  # phase 2 shifts the mix to arithmetic
     assert counts["mul"] > 1.5 * counts["add"] and all(split_of(p.prompt) == "train" for p in drawn)
 
 

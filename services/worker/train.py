@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared.tasks import TRAIN_TASK_WEIGHTS, sample_problem
+from shared.tasks import sample_problem, train_weights_at
 from services.worker.model import LLaDAConfig, LLaDAModelLM, register_llada
 from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_tokenizer
 
@@ -92,9 +92,10 @@ def model_config(cfg: TrainConfig, codec: CharCodec) -> LLaDAConfig:
 def make_batch(cfg: TrainConfig, codec: CharCodec, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (noisy ids, target ids, loss mask, attention mask), all [B, T]."""
     rng = random.Random(f"train:{cfg.seed}:{step}")
+    weights = train_weights_at(step / cfg.steps)
     rows = []
     for i in range(cfg.batch_size):
-        p = sample_problem(rng, "train", weights=TRAIN_TASK_WEIGHTS)
+        p = sample_problem(rng, "train", weights=weights)
         ans = codec.encode(p.answer)
         canvas_len = rng.randint(max(cfg.min_canvas, len(ans) + 1), cfg.max_canvas)
         canvas = ans + [codec.eos] * (canvas_len - len(ans))
