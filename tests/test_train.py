@@ -8,11 +8,11 @@ from services.cli import main as cli
 from services.worker.model import load_model, load_tokenizer
 
 
-def _train(tmp_path, steps):
+def _train(tmp_path, steps, *extra, out="model", run="run"):
     return cli([
-        "train", "--out", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run"), "--steps", str(steps),
+        "train", "--out", str(tmp_path / out), "--run-dir", str(tmp_path / run), "--steps", str(steps),
         "--batch-size", "4", "--d-model", "32", "--n-layers", "1", "--n-heads", "2", "--mlp-hidden-size", "32",
-        "--checkpoint-every", "2", "--warmup-steps", "1",
+        "--checkpoint-every", "2", "--warmup-steps", "1", *extra,
     ])
 
 
@@ -55,3 +55,29 @@ def test_bad_precision_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--precision must be bf16 or fp32"):
         cli(["train", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"), "--steps", "1",
              "--precision", "fp16"])
+
+
+def test_fine_tuning_starts_from_an_exported_model(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    assert _train(tmp_path, 2) == 0
+    before = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert _train(tmp_path, 1, "--init-from", str(tmp_path / "model"), "--task-weights", "rev=1", "--lr", "0",
+                  out="tuned", run="run-ft") == 0
+    assert "starting from the weights of" in capsys.readouterr().out
+    after = load_file(str(tmp_path / "tuned" / "model.safetensors"))  # lr 0: the weights are carried over
+    assert all((before[k] == after[k]).all() for k in before)
+    meta = json.loads((tmp_path / "tuned" / "training.json").read_text())
+    assert meta["init_from"] == str(tmp_path / "model") and meta["task_weights"] == "rev=1"
+
+
+def test_fine_tuning_errors_are_clear(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="no model.safetensors there"):
+        _train(tmp_path, 1, "--init-from", str(tmp_path / "nothing"))
+    assert _train(tmp_path, 1, out="small") == 0
+    with pytest.raises(ValueError, match="does not match the configured model"):
+        _train(tmp_path, 1, "--init-from", str(tmp_path / "small"), "--d-model", "64", run="run-big")
+    with pytest.raises(ValueError, match="unknown task 'div'"):
+        _train(tmp_path, 1, "--task-weights", "div=1", run="run-bad")

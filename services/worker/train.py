@@ -6,9 +6,12 @@ masking (ratio t ~ U(0, 1)); the other half uses the states block decoding actua
 before a random block fully visible, the block itself masked with ratio t, later blocks fully masked.
 
 Speed on CPU (the budget is 90 minutes on 2 cores): each batch is sorted by length and run as a few
-micro-batches, each padded only to its own longest row, and matmuls run under bf16 autocast (fp32 master
-weights and optimizer). Measured on the 2-core AVX512-BF16 VM: 0.55 s/step against 0.86 s for one
-fp32 full-width batch.
+micro-batches, each padded only to its own longest row (the same gradient). Measured on the 2-core VM:
+0.62 s/step with 3 micro-batches against 0.86 s for one full-width batch; `--precision bf16` (autocast,
+fp32 master weights) gives 0.55 s.
+
+Fine-tuning: `--init-from DIR` starts from an exported model's weights with a fresh optimizer and
+schedule; with `--task-weights` it is how the shipped model's second stage was trained (docs/engine.md).
 
 Seeded and resumable: the data of step s is a pure function of (seed, s), and a checkpoint holds the
 model, the optimizer and the step.
@@ -28,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared.tasks import sample_problem, train_weights_at
+from shared.tasks import parse_task_weights, sample_problem, train_weights_at
 from services.worker.model import LLaDAConfig, LLaDAModelLM, register_llada
 from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_tokenizer
 
@@ -37,7 +40,7 @@ from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_
 class TrainConfig:
     out: str = "models/dilaserve-tiny"
     run_dir: str = "runs/train"
-    steps: int = 8000
+    steps: int = 5000
     batch_size: int = 96
     lr: float = 1.5e-3
     warmup_steps: int = 200
@@ -51,7 +54,9 @@ class TrainConfig:
     min_canvas: int = 8
     max_canvas: int = 40
     micro_batches: int = 3
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "fp32"  # or "bf16" autocast (faster; the one bf16 run did not learn add/sub, see docs)
+    task_weights: str = ""  # e.g. "add=1,sub=1,rev=3" (others 0); "" = shared.tasks.TRAIN_CURRICULUM
+    init_from: str = ""  # start from this exported model's weights (fresh optimizer): a fine-tuning stage
     checkpoint_every: int = 250
     threads: int = 0
     max_minutes: float = 0.0
@@ -92,7 +97,7 @@ def model_config(cfg: TrainConfig, codec: CharCodec) -> LLaDAConfig:
 def make_batch(cfg: TrainConfig, codec: CharCodec, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (noisy ids, target ids, loss mask, attention mask), all [B, T]."""
     rng = random.Random(f"train:{cfg.seed}:{step}")
-    weights = train_weights_at(step / cfg.steps)
+    weights = parse_task_weights(cfg.task_weights) if cfg.task_weights else train_weights_at(step / cfg.steps)
     rows = []
     for i in range(cfg.batch_size):
         p = sample_problem(rng, "train", weights=weights)
@@ -147,6 +152,20 @@ def batch_loss(model: LLaDAModelLM, batch: tuple[torch.Tensor, ...], micro_batch
     return loss_sum
 
 
+def load_weights(model: LLaDAModelLM, model_dir: Path) -> None:
+    """Weights of an exported model (``--init-from``); its shapes must match the configured model."""
+    from safetensors.torch import load_file
+
+    path = model_dir / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"--init-from {model_dir}: no model.safetensors there")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as exc:
+        raise ValueError(f"--init-from {model_dir} does not match the configured model "
+                         f"(--d-model/--n-layers/...): {str(exc).splitlines()[0]}") from None
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -171,6 +190,8 @@ def train(cfg: TrainConfig) -> Path:
 
     if cfg.precision not in ("bf16", "fp32"):
         raise ValueError(f"--precision must be bf16 or fp32, not {cfg.precision!r}")
+    if cfg.task_weights:
+        parse_task_weights(cfg.task_weights)  # a bad spec fails here, not at the first batch
     if not 1 <= cfg.micro_batches <= cfg.batch_size:
         raise ValueError(f"--micro-batches must be between 1 and the batch size {cfg.batch_size}")
 
@@ -185,6 +206,9 @@ def train(cfg: TrainConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     start = 0
+    if cfg.init_from and not ckpt_path.exists():
+        load_weights(model, Path(cfg.init_from))
+        print(f"starting from the weights of {cfg.init_from}", flush=True)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
