@@ -6,12 +6,12 @@ masking (ratio t ~ U(0, 1)); the other half uses the states block decoding actua
 before a random block fully visible, the block itself masked with ratio t, later blocks fully masked.
 
 Speed on CPU (the budget is 90 minutes on 2 cores): each batch is sorted by length and run as a few
-micro-batches, each padded only to its own longest row (the same gradient). Measured on the 2-core VM:
-0.62 s/step with 3 micro-batches against 0.86 s for one full-width batch; `--precision bf16` (autocast,
-fp32 master weights) gives 0.55 s.
+micro-batches, each padded only to its own longest row (the same gradient). Measured side by side on the
+2-core VM: 0.63–0.67 s/step with 3 micro-batches against 0.87–0.89 s for one full-width batch;
+`--precision bf16` (autocast, fp32 master weights) gives 0.55 s.
 
 Fine-tuning: `--init-from DIR` starts from an exported model's weights with a fresh optimizer and
-schedule; with `--task-weights` it is how the shipped model's second stage was trained (docs/engine.md).
+schedule; with `--task-weights` it is how the shipped model's stages 2 and 3 were trained (docs/engine.md).
 
 Seeded and resumable: the data of step s is a pure function of (seed, s), and a checkpoint holds the
 model, the optimizer and the step.
