@@ -133,7 +133,6 @@ class Guard:
         finally:
             st.inflight -= 1
 
-
     def _refused(self) -> None:
         if self.state.on_refused is not None:
             self.state.on_refused()
