@@ -135,6 +135,11 @@ class PlannerConfig:
     hysteresis: float = 0.10
     utilization: float = 0.8  # ρ: plan instances to be busy at most this fraction of the time
     allow_shrink: bool = False  # minimise GPUs (slots) instead of instances in the last stage
+    # >= 0: a changed plan must beat the plan in force by this much SLO attainment when the window is
+    # replayed in the simulator (shared/sim/replay.py); < 0 (default): off — with one configuration the
+    # live planner only sizes the cluster, where the MILP's own objectives decide.
+    replay_margin: float = -1.0
+    replay_transition_s: float = 5.0  # in the replay, a worker the plan adds serves only after this (start-up)
 
 
 @dataclass

@@ -192,3 +192,30 @@ def test_time_limit_without_incumbent_keeps_current_layout():
     assert p.instances == {"tp1": 2} and "solver failed" in p.reason
     fresh = solve_plan(PlannerInput([klass(1.0)], [TP1], THR, [2], time_limit_s=1e-12))
     assert fresh.status == "solver_failed" and fresh.instances == {}
+
+
+def test_fixed_pool_uses_every_gpu_and_prefers_more_instances():
+    # Same setup as test_fewest_instances_vs_fewest_gpus (λ=0.85 fits {tp2:2} or {tp1:3}); on a fixed
+    # 4-GPU pool every GPU runs an instance and, the earlier stages tied, the most instances win: {tp1:4}
+    # (slack capped at 0.25 everywhere, so stage 2 does not separate them).
+    kw = dict(configs=(TP1, TP2), gpus=(4,), thresholds={0.9: 2.0})
+    p = plan_for(0.85, fixed_pool=True, **kw)
+    assert p.instances == {"tp1": 4} and p.objectives["gpus"] == 4
+    # 5 GPUs with only tp2 offered: the pack row is ≥ 4 (two TP2s), the odd GPU cannot be used
+    assert plan_for(0.5, fixed_pool=True, configs=(TP2,), gpus=(5,), thresholds={0.9: 2.0}).instances == {"tp2": 2}
+    with pytest.raises(PlannerError, match="fixed_pool"):
+        plan_for(0.85, fixed_pool=True, allow_shrink=True, **kw)
+
+
+def test_fixed_pool_hysteresis_does_not_weigh_size():
+    # λ=0.3 on a fixed 4-GPU node with the current {tp1:4}: the MILP's {tp2:2} is not better in quality
+    # or slack (both capped at 0.25), and on a fixed pool fewer instances are no reason to reconfigure:
+    # without fixed_pool the same comparison changes (size 4 → 2, +50 %), which is pure churn.
+    kw = dict(configs=(TP1, TP2), gpus=(4,), thresholds={0.9: 2.0})
+    cur = Layout(({"tp1": 4},))
+    assert not plan_for(0.3, fixed_pool=True, current=cur, **kw).changed
+    churn = plan_for(0.3, current=cur, **kw)
+    assert churn.changed and churn.instances == {"tp1": 1} and "instances" in churn.reason
+    # a current layout that leaves GPUs idle is evaluated (not rejected as infeasible) and replaced on merit
+    idle = plan_for(1.0, fixed_pool=True, current=Layout(({"tp1": 2},)), gpus=(4,))
+    assert idle.changed and idle.instances == {"tp1": 4} and "quality 0.6 -> 0.9" in idle.reason

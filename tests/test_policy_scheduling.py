@@ -194,3 +194,22 @@ def test_shed_keeps_priority_classes_and_floors():
     assert lc.shed(items[:1], 1e9, 0.0, StepPredictor(), 0.7) == []
     assert lc.shed([LoadItem("late", 256, 8, 512, 32, 0.0, 10.0, droppable=True, start_by_s=-1.0)],
                    1e9, 0.0, StepPredictor(), 0.7) == ["late"]
+
+
+def test_placement_across_configurations_puts_a_request_where_it_makes_its_deadline():
+    # A TP4 instance carrying 10 short requests (~770 tokens per step) and an empty TP1. A 3,840-token
+    # prompt's mean footprint is ~415 tokens: the step latency with it is 26.8 ms on the TP1 and 32.7 ms
+    # on the loaded TP4, so the plain rule picks the TP1 — where its 8 refreshes of 4,096 tokens (121 ms
+    # each) plus 31 reuse steps at τ 0.5 take ≈ 1.8 s. On the TP4 (58 ms refreshes, 33 ms reuse) ≈ 1.5 s:
+    # with a 1.6 s SLO only the TP4 makes it, so that is where it goes.
+    c = core(n_inst=0)
+    c.on_instance_update(InstanceView("i4", "tp4"), 0.0)
+    for i in range(10):
+        c.on_arrival(req(i, slo=30.0), 0.0)
+    assert {p.instance_id for p in c.schedule(0.0).placements} == {"i4"}
+    c.on_instance_update(InstanceView("i1", "tp1"), 0.0)
+    c.on_arrival(RequestView("long-tight", 0.0, 1.6, 3840, 256, 32), 0.0)
+    assert [(p.request_id, p.instance_id) for p in c.schedule(0.0).placements] == [("long-tight", "i4")]
+    # With room to spare everywhere the plain rule decides: the lower resulting step latency, the TP1.
+    c.on_arrival(RequestView("long-loose", 0.0, 30.0, 3840, 256, 32), 0.0)
+    assert [(p.request_id, p.instance_id) for p in c.schedule(0.0).placements] == [("long-loose", "i1")]

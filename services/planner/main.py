@@ -29,6 +29,22 @@ def planner_cost_model(cfg):
     return live_cost_model(name, config)
 
 
+def replay_check(cfg):
+    """``planner.replay_margin >= 0``: judge changed plans by replaying the window with the scheduler's
+    policy and cost model (shared/sim/replay.py); else None."""
+    if cfg.planner.replay_margin < 0:
+        return None
+    from shared.sim.replay import ReplayCheck
+    sc = cfg.scheduler
+    knobs = {"block_len": cfg.worker.block_length, "budget_step_s": sc.budget_step_s, "lc_period_s": sc.lc_period_s,
+             "global_slo_s": sc.global_slo_s or None}
+    if sc.policy == "dilaserve":  # as shared.policy.live.live_core configures the scheduler
+        knobs["drop_expired"] = sc.drop_expired
+    return ReplayCheck(sc.policy, planner_cost_model(cfg), margin=cfg.planner.replay_margin,
+                       hysteresis=cfg.planner.hysteresis, transition_s=cfg.planner.replay_transition_s,
+                       sim_kwargs=knobs)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = setup(args)
 
@@ -42,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
         bus = await Bus.connect(cfg.nats.url, name=pcfg.planner_id)
         store = await Store.from_config(cfg.redis)
         svc = PlannerService(pcfg, bus, store, tel, planner_cost_model(cfg), cfg.worker.block_length,
-                             budget_step_s=getattr(cfg.scheduler, "budget_step_s", 0.0))
+                             budget_step_s=getattr(cfg.scheduler, "budget_step_s", 0.0),
+                             replay=replay_check(cfg))
         await svc.start()
         log.info("planner %s ready (%s, %s × %d slots)", pcfg.planner_id, pcfg.mode, pcfg.nodes,
                  pcfg.slots_per_node or pcfg.num_workers)

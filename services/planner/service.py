@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from dataclasses import replace
 
 from shared import subjects
 from shared.config import PlannerConfig
@@ -26,6 +27,7 @@ from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, Plann
 from shared.policy.planner_types import Plan as PolicyPlan
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan, PlannerHeartbeat
 from shared.schemas.requests import SubmitRequest
+from shared.sim.replay import ReplayCheck, layout_configs, window_requests
 from shared.telemetry.names import SPAN_PLANNER_SOLVE
 
 log = logging.getLogger("dilaserve.planner")
@@ -83,7 +85,7 @@ def static_plan(cfg: PlannerConfig, now_s: float) -> Plan:
 
 class PlannerService:
     def __init__(self, cfg: PlannerConfig, bus, store, tel, cost: CostModel, block_length: int,
-                 budget_step_s: float = 0.0) -> None:
+                 budget_step_s: float = 0.0, replay: ReplayCheck | None = None) -> None:
         self.cfg = cfg
         self.bus = bus
         self.store = store
@@ -94,6 +96,7 @@ class PlannerService:
         names = [c.strip() for c in (cfg.configs or cfg.instance_config).split(",") if c.strip()]
         self.configs = config_specs(cost, names, budget_step_s)
         self.window: deque[ArrivalSample] = deque()
+        self.replay = replay  # planner.replay_margin >= 0: a change must win a replay of the window
         self.plan: Plan | None = None
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
@@ -127,12 +130,18 @@ class PlannerService:
 
     # -- planning -----------------------------------------------------------------------------
     def solve(self, now_s: float) -> PolicyPlan:
-        classes = workload_classes(self._trim(now_s), self.cfg.window_s, self.cfg.n_classes, self.block_length)
+        window = self._trim(now_s)
+        classes = workload_classes(window, self.cfg.window_s, self.cfg.n_classes, self.block_length)
         current = layout_of(self.plan, len(self.gpus_per_node)) if self.plan is not None else None
-        return solve_plan(PlannerInput(
+        plan = solve_plan(PlannerInput(
             classes, self.configs, gpus_per_node=list(self.gpus_per_node), current=current,
             allow_shrink=self.cfg.allow_shrink, time_limit_s=self.cfg.time_limit_s, mip_gap=self.cfg.mip_gap,
             hysteresis=self.cfg.hysteresis, utilization=self.cfg.utilization))
+        if plan.changed and self.replay is not None and current is not None:
+            verdict = self.replay.judge(window_requests(window, now_s - self.cfg.window_s, now_s), self.cfg.window_s,
+                                        layout_configs(current.nodes), layout_configs(plan.nodes))
+            plan = replace(plan, changed=verdict.changed, reason=f"{plan.reason}; {verdict.note()}")
+        return plan
 
     async def plan_once(self) -> Plan | None:
         """One planning round; returns the published plan when it changed."""

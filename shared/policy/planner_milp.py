@@ -16,7 +16,7 @@ instances, or GPUs when ``allow_shrink``). Then hysteresis against the current l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import highspy
 import numpy as np
@@ -84,6 +84,8 @@ def validate(inp: PlannerInput) -> None:
         raise PlannerError(f"thresholds need tokens/step > 0: {inp.thresholds}")
     if any(g < 0 for g in inp.gpus_per_node):
         raise PlannerError(f"negative GPU count: {inp.gpus_per_node}")
+    if inp.fixed_pool and inp.allow_shrink:
+        raise PlannerError("fixed_pool and allow_shrink exclude each other: a fixed pool cannot shrink")
     if inp.time_limit_s <= 0 or not 0 <= inp.mip_gap < 1 or inp.hysteresis < 0 or inp.utilization <= 0:
         raise PlannerError("time_limit_s > 0, 0 <= mip_gap < 1, hysteresis >= 0, utilization > 0 required")
     for cls in inp.classes:
@@ -138,7 +140,10 @@ def objective_vectors(inp: PlannerInput, columns: list[Column]) -> dict[str, np.
     cover[n_y:n_y + n_k] = out_len
     tp = np.array([c.tp for c in inp.configs], dtype=float)
     eps = 1.0 / (sum(inp.gpus_per_node) + 1.0)  # tie-break term stays < 1 unit of the primary one
-    size[n_y + n_k:] = tp + eps if inp.allow_shrink else 1.0 + eps * tp
+    if inp.fixed_pool:  # every GPU is used anyway: the most instances = the most throughput per GPU
+        size[n_y + n_k:] = -1.0
+    else:
+        size[n_y + n_k:] = tp + eps if inp.allow_shrink else 1.0 + eps * tp
     return {"cover": cover, "quality": quality, "slack": slack, "size": size}
 
 
@@ -184,8 +189,10 @@ def _rows(inp: PlannerInput, columns: list[Column], n_y: int, n_k: int, n_g: int
     tps = [c.tp for c in inp.configs]
     for d in levels(tps):  # pack_d: GPUs per node, exact for power-of-two TP degrees
         gs = [g for g in range(n_g) if tps[g] >= d]
-        rows.append((-INF, float(level_capacity(inp.gpus_per_node, d)),
-                     [n_y + n_k + g for g in gs], [float(tps[g]) for g in gs]))
+        cap = float(level_capacity(inp.gpus_per_node, d))
+        # fixed_pool: at the smallest level (all configurations) every usable GPU is taken
+        lo = cap if inp.fixed_pool and d == min(tps) else -INF
+        rows.append((lo, cap, [n_y + n_k + g for g in gs], [float(tps[g]) for g in gs]))
     m = min_instances(inp)
     if m > 0:
         rows.append((float(m), INF, list(range(n_y + n_k, n_y + n_k + n_g)), [1.0] * n_g))
@@ -363,8 +370,8 @@ def clearly_better(new: dict[str, float], cur: dict[str, float], inp: PlannerInp
         return True, f"serves {100 * d_cover:.1f}% more of the demanded tokens"
     if d_cover <= -COVER_TOL:
         return False, "new layout would serve less"
-    size = "gpus" if inp.allow_shrink else "instances"
-    for name, better_if_higher in (("quality", True), ("slack_capped", True), (size, False)):
+    size = [] if inp.fixed_pool else [("gpus" if inp.allow_shrink else "instances", False)]
+    for name, better_if_higher in [("quality", True), ("slack_capped", True)] + size:
         n, c = new[name], cur[name]
         gain = (n - c) if better_if_higher else (c - n)
         rel = gain / max(abs(c), 1e-9)
@@ -377,8 +384,9 @@ def clearly_better(new: dict[str, float], cur: dict[str, float], inp: PlannerInp
 
 def evaluate_current(inp: PlannerInput, columns: list[Column], counts: dict[str, int],
                      time_limit_s: float) -> tuple[Model, StageResult, float]:
-    """The current layout's own stage values: same model, x fixed (an LP)."""
-    model, h = build_model(inp, columns)
+    """The current layout's own stage values: same model, x fixed (an LP). Under ``fixed_pool`` a current
+    layout that leaves GPUs idle is still evaluated (and then loses on merit)."""
+    model, h = build_model(replace(inp, fixed_pool=False), columns)
     for g, cfg in enumerate(inp.configs):
         v = float(counts.get(cfg.name, 0))
         h.changeColBounds(model.x_index(g), v, v)

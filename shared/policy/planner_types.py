@@ -92,6 +92,9 @@ class PlannerInput:
     gpus_per_node: list[int] = field(default_factory=list)
     current: Layout | None = None
     allow_shrink: bool = False
+    # The pool is fixed and an idle GPU is waste (the simulator's cluster): every GPU runs an instance,
+    # stage 3 prefers more (smaller) instances, and hysteresis does not weigh size. Excludes allow_shrink.
+    fixed_pool: bool = False
     time_limit_s: float = 10.0
     mip_gap: float = 0.01
     hysteresis: float = 0.10

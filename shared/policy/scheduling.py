@@ -197,7 +197,7 @@ class SchedulerCore:
         self._rejected = []
         if self.load_controller is not None and self.load_controller.due(now_s):
             out.caps = self._load_control(now_s, out)
-        self._migrate(out)
+        self._migrate(out, now_s)
         self._place(out, now_s)
         return out
 
@@ -245,19 +245,38 @@ class SchedulerCore:
             inst.load = max(0.0, inst.load - r.footprint)
         r.instance_id = None
 
-    def _best_instance(self, footprint: float, exclude: str | None = None) -> tuple[_Inst | None, float]:
-        """Least resulting step latency among instances with room (an empty instance always has room)."""
-        best, best_key = None, None
+    def _best_instance(self, r: _Req, now_s: float, exclude: str | None = None) -> tuple[_Inst | None, float]:
+        """DESIGN §4.2's lowest resulting step latency among instances with room (an empty instance always
+        has room), ties to the least loaded — but first among the instances where the request, at its lowest
+        allowed τ, would still make its deadline (``_time_on``); if none, where it finishes soonest. Within
+        one configuration this is the plain rule (time and step latency both grow with the load). Across
+        configurations the step latency of an averaged footprint hides the refresh steps — a 4k-token
+        request's mean footprint is ~400 tokens, where TP1 and TP4 step equally fast, while its 8 refreshes
+        take 121 ms on TP1 and 50 ms on TP4 — so the deadline decides first, then the plain rule spreads
+        the load. Returns the instance and its resulting step latency."""
+        best, best_key, best_lat = None, None, float("inf")
         for inst in self.insts.values():
             if inst.view.draining or inst.view.instance_id == exclude:
                 continue
-            if inst.members and inst.load + footprint > inst.budget:
+            if inst.members and inst.load + r.footprint > inst.budget:
                 continue
-            lat = self.cost.latency_envelope(inst.view.config, inst.load + footprint)
-            key = (lat, inst.load)
+            lat = self.cost.latency_envelope(inst.view.config, inst.load + r.footprint)
+            t = self._time_on(r, inst.view.config, inst.load)
+            key = (0, lat, inst.load) if now_s + t <= r.deadline_s else (1, t, inst.load)
             if best_key is None or key < best_key:
-                best, best_key = inst, key
-        return best, (best_key[0] if best_key else float("inf"))
+                best, best_key, best_lat = inst, key, lat
+        return best, best_lat
+
+    def _time_on(self, r: _Req, config: str, others_load: float) -> float:
+        """Expected time left for ``r`` at its lowest allowed τ (what the worker falls back to when the
+        deadline is near, §4.3) on an instance of ``config`` whose other requests execute ``others_load``
+        tokens per step: its refresh steps run its whole canvas, its reuse steps one block."""
+        floor = r.view.min_threshold if self.params.honour_floor else 0.0
+        tau = allowed_thresholds(self.params.threshold.candidates, 1.0, floor)[-1]
+        n_ref = refresh_left(r.view.num_blocks, r.progress.blocks_refreshed)
+        reuse = max(0.0, self.predictor.steps_left(r.progress.masked_left(r.view.output_len), tau) - n_ref)
+        return (n_ref * self.cost.latency_envelope(config, others_load + r.view.full_len)
+                + reuse * self.cost.latency_envelope(config, others_load + r.view.block_len))
 
     def _place(self, out: SchedulerOutput, now_s: float) -> None:
         while self._queue:
@@ -269,7 +288,7 @@ class SchedulerCore:
             if self.params.drop_expired and not self.feasible(r, now_s):
                 self._drop(rid, out)
                 continue
-            inst, lat = self._best_instance(r.footprint)
+            inst, lat = self._best_instance(r, now_s)
             if inst is None:
                 break  # nothing fits: no overload, wait for capacity
             if self.params.drop_expired and not self._fits_deadline(r, lat, now_s):
@@ -293,7 +312,7 @@ class SchedulerCore:
         steps = self.predictor.steps_left(r.progress.masked_left(r.view.output_len), tau)
         return now_s + self.params.place_safety * steps * step_s <= r.deadline_s
 
-    def _migrate(self, out: SchedulerOutput) -> None:
+    def _migrate(self, out: SchedulerOutput, now_s: float) -> None:
         boundary, self._boundary = self._boundary, []
         for rid in boundary:
             r = self.reqs.get(rid)
@@ -306,15 +325,25 @@ class SchedulerCore:
             draining = src.view.draining
             if not (draining or self.params.migrate):
                 continue
-            dst, dst_lat = self._best_instance(r.footprint, exclude=r.instance_id)
+            dst, _ = self._best_instance(r, now_s, exclude=r.instance_id)
             if dst is None:
                 continue
-            src_lat = self.cost.latency_envelope(src.view.config, src.load)
-            if draining or dst_lat < src_lat * (1.0 - self.params.migrate_gain):
+            if draining or self._gains(r, src, dst, now_s):
                 self._detach(r)
                 self._attach(r, dst)
                 r.at_boundary = False
                 out.migrations.append(Migration(rid, src.view.instance_id, dst.view.instance_id))
+
+    def _gains(self, r: _Req, src: _Inst, dst: _Inst, now_s: float) -> bool:
+        """Worth moving by ``migrate_gain``? Same configuration: the step latency with it added vs the
+        source's now. Across configurations (see _best_instance): only a request that would miss its
+        deadline here, for one that finishes that much sooner there."""
+        keep = 1.0 - self.params.migrate_gain
+        if src.view.config == dst.view.config:
+            dst_lat = self.cost.latency_envelope(dst.view.config, dst.load + r.footprint)
+            return dst_lat < self.cost.latency_envelope(src.view.config, src.load) * keep
+        here = self._time_on(r, src.view.config, max(0.0, src.load - r.footprint))
+        return now_s + here > r.deadline_s and self._time_on(r, dst.view.config, dst.load) < here * keep
 
     def _load_control(self, now_s: float, out: SchedulerOutput) -> dict[str, float]:
         assert self.load_controller is not None

@@ -72,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=4)
     p.add_argument("--plan-utilization", type=float, default=0.8,
                    help="ρ: the planner keeps each instance busy at most this fraction of the time")
+    p.add_argument("--plan-peak-bin", type=float, default=10.0, metavar="S",
+                   help="plan for the window's busiest S-second bin (0: for its mean rate)")
+    p.add_argument("--plan-replay", default="0.02", metavar="M|off",
+                   help="a changed plan must beat the plan in force by M SLO attainment in a replay of the "
+                        "window in the simulator (off: the MILP's word is enough)")
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="write PNG plots into this directory")
 
@@ -98,7 +103,20 @@ def _planner_spec(args: argparse.Namespace):
     return SimPlannerSpec(interval_s=args.plan_interval, window_s=args.plan_window, n_classes=args.plan_classes,
                           gpus_per_node=args.gpus_per_node, launch_delay_s=args.launch_delay,
                           teardown_s=args.teardown, max_nodes_changing=args.rolling_nodes,
-                          utilization=args.plan_utilization)
+                          utilization=args.plan_utilization, peak_bin_s=args.plan_peak_bin,
+                          replay_margin=_replay_margin(args.plan_replay))
+
+
+def _replay_margin(spec: str) -> float | None:
+    if spec.strip().lower() == "off":
+        return None
+    try:
+        margin = float(spec)
+    except ValueError:
+        raise SystemExit(f"--plan-replay: want a margin like 0.02 or 'off', got {spec!r}") from None
+    if not 0.0 <= margin <= 1.0:
+        raise SystemExit(f"--plan-replay: the margin is an attainment difference in [0, 1], got {margin}")
+    return margin
 
 
 def sweep_points(args: argparse.Namespace) -> tuple[list[tuple[float | None, float]], str | None]:

@@ -23,6 +23,7 @@ from shared.sim.workload import SimRequest
 
 ARRIVAL, STEP_END, TICK = 0, 1, 2
 PLAN, LAUNCHED, FREED = 3, 4, 5  # planner runs only (shared/sim/planner.py)
+READY = 6  # an initial instance that becomes placeable later (``ready_s``: replays of a transition)
 TICK_S = 1.0
 
 
@@ -42,6 +43,11 @@ def parse_layout(layout: str, gpus: int) -> list[str]:
     return out
 
 
+def _cost(cost: str | CostModel) -> CostModel:
+    """A fresh model each call: the scheduler core refits its own online, the truth must not move."""
+    return cost.copy() if isinstance(cost, CostModel) else CostModel.named(cost)
+
+
 @dataclass(slots=True)
 class SimResult:
     policy: str
@@ -52,15 +58,19 @@ class SimResult:
 
 
 class Simulator:
-    def __init__(self, policy: str, requests: list[SimRequest], configs: list[str], cost_name: str,
+    def __init__(self, policy: str, requests: list[SimRequest], configs: list[str], cost_name: str | CostModel,
                  seed: int, block_len: int = 32, global_slo_s: float | None = None,
                  quality: QualityModel | None = None, truth_tps: dict[float, float] | None = None,
                  max_drain_s: float = 600.0, planner: SimPlannerSpec | None = None, gpus: int = 0,
-                 **policy_kwargs):
+                 ready_s: dict[int, float] | None = None, **policy_kwargs):
         self.policy = policy
-        self.truth = CostModel.named(cost_name)
+        # what a replay of a window needs to run this same policy on another layout (shared/sim/replay.py)
+        self.replay_kwargs = dict(policy_kwargs, block_len=block_len, global_slo_s=global_slo_s,
+                                  quality=quality, truth_tps=truth_tps)
+        self.cost_name, self.seed = cost_name, seed
+        self.truth = _cost(cost_name)
         self.truth_tps = StepPredictor(truth_tps)
-        self.core: SchedulerCore = make_core(policy, CostModel.named(cost_name), StepPredictor(truth_tps),
+        self.core: SchedulerCore = make_core(policy, _cost(cost_name), StepPredictor(truth_tps),
                                              global_slo_s=global_slo_s, **policy_kwargs)
         self.quality = (quality or QualityModel()).accuracy
         self.rng = random.Random(seed)
@@ -68,6 +78,7 @@ class Simulator:
         self.block_len = block_len
         self.max_drain_s = max_drain_s
         self.insts = [SimInstance(f"i{k:02d}-{c}", c, k) for k, c in enumerate(configs)]
+        self.ready_s = dict(ready_s or {})  # instance index → when it becomes placeable (default 0)
         self.by_id = {i.instance_id: i for i in self.insts}
         self.reqs: dict[str, SimReq] = {}
         self.events: list[tuple[float, int, int, int]] = []
@@ -87,7 +98,10 @@ class Simulator:
 
     def run(self) -> SimResult:
         for inst in self.insts:
-            self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), 0.0)
+            if self.ready_s.get(inst.index, 0.0) > 0.0:
+                self._push(self.ready_s[inst.index], READY, inst.index)
+            else:
+                self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), 0.0)
         for k, spec in enumerate(self.specs):
             self._push(spec.arrival_s, ARRIVAL, k)
         self._push(0.0, TICK, 0)
@@ -101,6 +115,9 @@ class Simulator:
                 self._arrive(self.specs[arg], now)
             elif kind == STEP_END:
                 self._step_end(self.insts[arg], now)
+            elif kind == READY:
+                inst = self.insts[arg]
+                self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), now)
             elif kind >= PLAN:
                 self._planner_event(kind, arg, now, last_arrival)
             elif kind == TICK:
@@ -226,6 +243,6 @@ class Simulator:
             b[1] += 1.0
 
 
-def simulate(policy: str, requests: list[SimRequest], configs: list[str], cost_name: str, seed: int,
+def simulate(policy: str, requests: list[SimRequest], configs: list[str], cost_name: str | CostModel, seed: int,
              **kwargs) -> SimResult:
     return Simulator(policy, requests, configs, cost_name, seed, **kwargs).run()

@@ -29,6 +29,7 @@ from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, Plann
                                         workload_classes)
 from shared.policy.planner_placement import place
 from shared.policy.step_predictor import LLADA_TPS_PRIOR
+from shared.sim.replay import ReplayCheck, layout_configs, window_requests
 from shared.policy.types import InstanceView
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ class SimPlannerSpec:
     slack_cap: float = 1.0
     time_limit_s: float = 10.0
     mip_gap: float = 0.01
-    fill_idle: bool = True  # GPUs the plan leaves idle run instances of the smallest configuration
+    # The pool is fixed: every GPU runs an instance, hysteresis ignores size (PlannerInput.fixed_pool) —
+    # comparing instance counts of layouts that all fill the pool would only churn.
+    fixed_pool: bool = True
+    fill_idle: bool = True  # GPUs a plan still leaves idle run instances of the smallest configuration
+    # A changed plan must beat the plan in force by this much SLO attainment in a replay of the window
+    # (shared/sim/replay.py: the MILP has no queues); None: changes are taken on the MILP's word.
+    replay_margin: float | None = 0.02
     peak_bin_s: float = 10.0  # plan for the busiest bin of the window (0: for its mean rate)
 
 
@@ -111,6 +118,7 @@ class SimPlanner:
     draining: list["SimInstance"] = field(default_factory=list)
     launched: int = 0
     drained: int = 0
+    replay: ReplayCheck | None = None
 
     @classmethod
     def create(cls, sim: "Simulator", spec: SimPlannerSpec, gpus: int, candidates: tuple[float, ...],
@@ -119,6 +127,10 @@ class SimPlanner:
         thresholds = {c: prior[c] for c in candidates if c in prior} or prior
         p = cls(sim, spec, thresholds, node_sizes(gpus, spec.gpus_per_node),
                 config_specs(sim.truth, spec.configs, sim.core.params.budget_step_s))
+        if spec.replay_margin is not None:
+            p.replay = ReplayCheck(sim.policy, sim.cost_name, margin=spec.replay_margin, hysteresis=spec.hysteresis,
+                                   transition_s=spec.launch_delay_s + spec.teardown_s, seed=sim.seed,
+                                   sim_kwargs=sim.replay_kwargs)
         p.target = [{} for _ in p.nodes]
         p.pending = [[] for _ in p.nodes]
         return p
@@ -164,11 +176,20 @@ class SimPlanner:
                                        gpus_per_node=list(self.nodes), current=cur,
                                        time_limit_s=self.spec.time_limit_s, mip_gap=self.spec.mip_gap,
                                        hysteresis=self.spec.hysteresis, slo_margin=self.spec.slo_margin,
-                                       utilization=self.spec.utilization, slack_cap=self.spec.slack_cap))
+                                       utilization=self.spec.utilization, slack_cap=self.spec.slack_cap,
+                                       fixed_pool=self.spec.fixed_pool))
         self.records.append(PlanRecord(round(now, 6), plan.changed, plan.solve_s, plan.status,
                                        dict(plan.instances), plan.objectives.get("unserved_frac", 0.0),
                                        plan.objectives.get("quality", 0.0), plan.reason))
-        if plan.changed:
+        changed = plan.changed
+        if changed and self.replay is not None:
+            proposed = [self._filled(dict(n), n_i) for n_i, n in enumerate(plan.nodes)]
+            verdict = self.replay.judge(window_requests(self.sim.specs, now - span, now), span,
+                                        layout_configs(self.target), layout_configs(proposed))
+            changed = verdict.changed
+            self.records[-1].reason += "; " + verdict.note()
+            self.records[-1].changed = changed
+        if changed:
             self.target = [self._filled(dict(n), n_i) for n_i, n in enumerate(plan.nodes)]
             for queue in self.pending:
                 queue.clear()  # re-derived from the new target by advance()
