@@ -68,6 +68,7 @@ class SchedulerCore:
         self._queued: set[str] = set()
         self._boundary: list[str] = []
         self._rejected: list[str] = []
+        self._mixed = False  # instances of more than one configuration (see _note_configs)
         self._seq = 0
         lc = params.load_control
         self.load_controller = None if lc == "none" else LoadController(
@@ -100,13 +101,17 @@ class SchedulerCore:
         if cur is None:
             self.insts[inst.instance_id] = _Inst(view, budget)
         else:
+            config_changed = cur.view.config != inst.config
             cur.view, cur.budget = view, budget
+        if cur is None or config_changed:
+            self._note_configs()
 
     def on_instance_lost(self, instance_id: str, now_s: float) -> list[str]:
         """Missed heartbeats: requeue its requests (they resume from their committed blocks)."""
         inst = self.insts.pop(instance_id, None)
         if inst is None:
             return []
+        self._note_configs()
         moved = list(inst.members)
         for rid in moved:
             r = self.reqs[rid]
@@ -202,6 +207,11 @@ class SchedulerCore:
         return out
 
     # --- internals ------------------------------------------------------------------------------------
+    def _note_configs(self) -> None:
+        """Does the pool mix configurations? Only then is a request's own time worth computing in
+        placement (within one configuration it ranks instances exactly as the step latency does)."""
+        self._mixed = len({i.view.config for i in self.insts.values()}) > 1
+
     def _configs(self) -> list[str]:
         cfgs = sorted({i.view.config for i in self.insts.values()})
         return cfgs or self.cost.configs
@@ -261,8 +271,12 @@ class SchedulerCore:
             if inst.members and inst.load + r.footprint > inst.budget:
                 continue
             lat = self.cost.latency_envelope(inst.view.config, inst.load + r.footprint)
-            t = self._time_on(r, inst.view.config, inst.load)
-            key = (0, lat, inst.load) if now_s + t <= r.deadline_s else (1, t, inst.load)
+            if not self._mixed:
+                key = (0, lat, inst.load)
+            elif now_s + (t := self._time_on(r, inst.view.config, inst.load)) <= r.deadline_s:
+                key = (0, lat, inst.load)
+            else:
+                key = (1, t, inst.load)
             if best_key is None or key < best_key:
                 best, best_key, best_lat = inst, key, lat
         return best, best_lat
