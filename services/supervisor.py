@@ -23,11 +23,14 @@ in ``ApplyResult.unsupported``) instead of pretending. Migration is by hand-back
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from shared.schemas.cluster import Plan
@@ -55,6 +58,57 @@ def node_share(plan: Plan, node: int) -> dict[str, int]:
                 return {ic.config: ic.count for ic in npl.instances if ic.count > 0}
         return {}
     return {ic.config: ic.count for ic in plan.instances if ic.count > 0} if node == 0 else {}
+
+
+class AdoptedProc:
+    """A worker this supervisor did not start (its predecessor did, then died): known by PID only.
+
+    It is alive while the PID exists, is not a zombie and still runs ``--worker-id <id>`` — the check
+    that a recycled PID is not mistaken for the worker."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        self.name, self.pid, self.popen = name, pid, None
+
+    def alive(self) -> bool:
+        return worker_pid_matches(self.pid, self.name)
+
+
+def worker_pid_matches(pid: int, worker_id: str) -> bool:
+    """Is ``pid`` a live (non-zombie) process whose command line carries ``--worker-id worker_id``?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except (OSError, IndexError):
+        return False
+    return any(a == "--worker-id" and b == worker_id for a, b in zip(argv, argv[1:]))
+
+
+def _exited(proc, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the process to end; True if it did."""
+    popen = getattr(proc, "popen", None)
+    if popen is not None:
+        try:
+            popen.wait(timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    end = time.monotonic() + timeout_s
+    while proc.alive():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _signal(proc, sig: int) -> None:
+    if proc.alive():
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 @dataclass
@@ -85,8 +139,9 @@ class Supervisor:
     """Executes plans for one node. ``spawn(worker_id, config)`` starts a worker process."""
 
     def __init__(self, node: int, slots: int, spawn: Spawn, worker_ids: list[str] | None = None,
-                 drain_timeout_s: float = 30.0, prefix: str = "") -> None:
+                 drain_timeout_s: float = 30.0, prefix: str = "", registry: Path | None = None) -> None:
         self.node = node
+        self.registry = registry  # JSON {worker_id: {pid, config}}: what a restarted supervisor adopts
         self.slots = slots
         self.spawn = spawn
         self.pool = list(worker_ids or [])  # ids to (re)use, in order; then "<prefix>w<k>"
@@ -100,6 +155,36 @@ class Supervisor:
     def adopt(self, worker_id: str, config: str, proc) -> None:
         """Take over a worker started by someone else (the cluster's initial layout)."""
         self.instances[worker_id] = Instance(worker_id, config, proc)
+        self._save()
+
+    def recover(self) -> list[str]:
+        """Adopt the workers a previous supervisor of this node left running (it was killed without
+        stopping them: they are in their own sessions and kept serving). Without this a restarted
+        supervisor would start a second process under the same worker id."""
+        try:
+            entries = json.loads(self.registry.read_text()) if self.registry else {}
+        except (OSError, ValueError) as exc:
+            log.warning("worker registry %s unreadable (%s): adopting nothing", self.registry, exc)
+            entries = {}
+        adopted = []
+        for wid, e in sorted(entries.items()):
+            pid, config = int(e.get("pid", 0)), str(e.get("config", ""))
+            if wid not in self.instances and pid > 0 and config and worker_pid_matches(pid, wid):
+                self.instances[wid] = Instance(wid, config, AdoptedProc(wid, pid))
+                adopted.append(wid)
+        if adopted:
+            log.info("node %d: adopted running workers %s", self.node, adopted)
+        self._save()
+        return adopted
+
+    def _save(self) -> None:
+        if self.registry is None:
+            return
+        data = {i.worker_id: {"pid": i.proc.pid, "config": i.config} for i in self.instances.values()}
+        tmp = self.registry.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.replace(self.registry)  # atomic: a crash leaves the old or the new registry, never half
 
     def running(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -146,23 +231,22 @@ class Supervisor:
                     wid = self._new_id()
                     self.instances[wid] = Instance(wid, cfg, self.spawn(wid, cfg))
                     res.started.append(wid)
+                    self._save()
             self.plan_id = plan.plan_id
             log.info("node %d applied plan %s: drained %s, started %s, running %s", self.node, plan.plan_id,
                      res.drained, res.started, self.running())
             return res
 
     async def _drain(self, inst: Instance, res: ApplyResult) -> None:
-        proc = inst.proc
-        popen: subprocess.Popen = proc.popen  # type: ignore[attr-defined]
-        if popen.poll() is None:
-            os.kill(popen.pid, signal.SIGTERM)  # graceful stop: hand back at the block boundary
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, popen.wait, self.drain_timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(popen.pid, signal.SIGKILL)
-                await asyncio.get_running_loop().run_in_executor(None, popen.wait)
+        proc, loop = inst.proc, asyncio.get_running_loop()
+        if proc.alive():
+            _signal(proc, signal.SIGTERM)  # graceful stop: hand back at the block boundary
+            if not await loop.run_in_executor(None, _exited, proc, self.drain_timeout_s):
+                _signal(proc, signal.SIGKILL)
+                await loop.run_in_executor(None, _exited, proc, 10.0)
                 res.killed.append(inst.worker_id)
         self.instances.pop(inst.worker_id, None)
+        self._save()
         res.drained.append(inst.worker_id)
 
     async def run(self, bus, store=None) -> None:
@@ -205,14 +289,10 @@ class Supervisor:
     def stop_all(self, grace_s: float = 10.0) -> None:
         """SIGTERM every worker (graceful), SIGKILL what ignores it (shutdown of the whole node)."""
         for inst in list(self.instances.values()):
-            popen = inst.proc.popen  # type: ignore[attr-defined]
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGTERM)
+            _signal(inst.proc, signal.SIGTERM)
         for inst in list(self.instances.values()):
-            popen = inst.proc.popen  # type: ignore[attr-defined]
-            try:
-                popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+            if not _exited(inst.proc, grace_s):
+                _signal(inst.proc, signal.SIGKILL)
+                _exited(inst.proc, 10.0)
         self.instances.clear()
+        self._save()

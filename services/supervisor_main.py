@@ -1,7 +1,9 @@
 """`dilaserve supervisor`: one node's plan executor as a process (the work is in services/supervisor.py).
 
 On start it applies the plan in force (read from Redis; the planner's initial static layout when there is
-none yet), i.e. it starts this node's workers as child processes; then it follows the planner: every
+none yet), i.e. it starts this node's workers as child processes — after adopting the workers a killed
+predecessor left running (RUN_DIR/node<N>-workers.json: worker id → PID, configuration; a PID counts
+only while it still runs that worker id); then it follows the planner: every
 published plan, plus a plan id reported by the planner's heartbeat that this node missed. On SIGTERM it
 stops its workers gracefully (each hands its running requests back at a block boundary).
 """
@@ -52,11 +54,13 @@ def main(args: argparse.Namespace) -> int:
 
         bus = await Bus.connect(cfg.nats.url, name=f"supervisor-{args.node}")
         store = await Store.from_config(cfg.redis)
-        sup = Supervisor(node=args.node, slots=slots, spawn=spawn, worker_ids=worker_ids(args.node, slots))
+        sup = Supervisor(node=args.node, slots=slots, spawn=spawn, worker_ids=worker_ids(args.node, slots),
+                         registry=run_dir / f"node{args.node}-workers.json")
+        adopted = sup.recover()  # a predecessor killed without stopping its workers left them running
         plan = await store.load_plan() or static_plan(cfg.planner, time.time())
         result = await sup.apply(plan)
-        log.info("node %d supervisor ready: %d slots, plan %s, workers %s (logs in %s)", args.node, slots,
-                 plan.plan_id, result.started, run_dir / "logs")
+        log.info("node %d supervisor ready: %d slots, plan %s, adopted %s, started %s (logs in %s)", args.node,
+                 slots, plan.plan_id, adopted, result.started, run_dir / "logs")
         follow = asyncio.create_task(sup.run(bus, store))
 
         async def stop() -> None:

@@ -1,6 +1,7 @@
 """`dilaserve up --supervised`: the node supervisor process starts the workers of the plan in force and
-follows published plans — a plan with more workers starts one, a plan with fewer drains one — on a real
-local cluster (nats-server + redis-server on random ports, the shipped model)."""
+follows published plans — a plan with more workers starts one, a plan with fewer drains one — and a
+supervisor restarted after a SIGKILL adopts the worker its predecessor left running; on a real local
+cluster (nats-server + redis-server on random ports, the shipped model)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import httpx
 
-from services.local_cluster import LocalCluster, free_port
+from services.local_cluster import LocalCluster, free_port, start_service
 from shared import subjects
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan
 
@@ -66,6 +67,23 @@ def test_supervisor_follows_plans(tmp_path):
         assert "applied plan shrink: drained ['worker-1'], started []" in log
         worker_log = (cluster.run_dir / "logs" / "worker-1.log").read_text()
         assert worker_log  # it ran, with its log beside the others
+
+        # SIGKILL the supervisor: worker-0 keeps serving; a new supervisor adopts it instead of starting
+        # a second worker-0, and stops it on shutdown like its own.
+        old = next(p for p in cluster.services if p.name == "supervisor")
+        old.popen.kill()
+        old.popen.wait()
+        assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=120).status_code == 200
+        new = start_service("supervisor", ["supervisor", "--run-dir", str(cluster.run_dir)], cluster.run_dir,
+                            cluster.env)
+        cluster.services[cluster.services.index(old)] = new
+        end = time.monotonic() + 60
+        while "adopted ['worker-0'], started []" not in log_path.read_text() and time.monotonic() < end:
+            assert new.alive(), new.log_tail()
+            time.sleep(0.25)
+        assert "adopted ['worker-0'], started []" in log_path.read_text()
+        _wait_workers(cluster.url, ["worker-0"])
+        assert httpx.post(cluster.url + "/v1/completions", json=body, timeout=120).status_code == 200
     finally:
         cluster.stop()
     supervisor = next(p for p in cluster.services if p.name == "supervisor")
