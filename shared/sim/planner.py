@@ -29,8 +29,8 @@ from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, Plann
                                         workload_classes)
 from shared.policy.planner_placement import place
 from shared.policy.step_predictor import LLADA_TPS_PRIOR
-from shared.sim.replay import ReplayCheck, layout_configs, window_requests
 from shared.policy.types import InstanceView
+from shared.sim.replay import ReplayCheck, layout_configs, window_requests
 
 if TYPE_CHECKING:
     from shared.sim.engine import Simulator
@@ -187,8 +187,11 @@ class SimPlanner:
             verdict = self.replay.judge(window_requests(self.sim.specs, now - span, now), span,
                                         layout_configs(self.target), layout_configs(proposed))
             changed = verdict.changed
-            self.records[-1].reason += "; " + verdict.note()
-            self.records[-1].changed = changed
+            rec = self.records[-1]
+            rec.reason += "; " + verdict.note()
+            rec.changed = changed
+            if not changed:  # like a plan the MILP's own hysteresis kept: the record shows the layout in force
+                rec.instances = Layout(tuple(self.target)).totals()
         if changed:
             self.target = [self._filled(dict(n), n_i) for n_i, n in enumerate(plan.nodes)]
             for queue in self.pending:
@@ -196,8 +199,9 @@ class SimPlanner:
         self.advance(now)
 
     def _filled(self, node: dict[str, int], n: int) -> dict[str, int]:
-        """The pool is fixed, so GPUs the MILP leaves idle (its last stage minimises instances) serve
-        as extra capacity: fill them with the smallest configuration (most throughput per GPU)."""
+        """The pool is fixed, so GPUs a plan leaves idle serve as extra capacity: fill them with the
+        smallest configuration (most throughput per GPU). With ``fixed_pool`` the MILP already uses every
+        usable GPU; this catches what it cannot (e.g. GPUs no offered configuration fits)."""
         if not self.spec.fill_idle or not self.configs:
             return node
         small = min(self.configs, key=lambda c: (c.tp, c.name))
