@@ -141,6 +141,8 @@ class PlannerService:
             verdict = self.replay.judge(window_requests(window, now_s - self.cfg.window_s, now_s), self.cfg.window_s,
                                         layout_configs(current.nodes), layout_configs(plan.nodes))
             plan = replace(plan, changed=verdict.changed, reason=f"{plan.reason}; {verdict.note()}")
+            if not verdict.changed:
+                log.info("proposed %s not taken: %s", plan.instances, verdict.note())
         return plan
 
     async def plan_once(self) -> Plan | None:
