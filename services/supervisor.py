@@ -166,9 +166,16 @@ class Supervisor:
         except (OSError, ValueError) as exc:
             log.warning("worker registry %s unreadable (%s): adopting nothing", self.registry, exc)
             entries = {}
+        if not isinstance(entries, dict):
+            log.warning("worker registry %s is not an object: adopting nothing", self.registry)
+            entries = {}
         adopted = []
         for wid, e in sorted(entries.items()):
-            pid, config = int(e.get("pid", 0)), str(e.get("config", ""))
+            try:
+                pid, config = int(e.get("pid", 0)), str(e.get("config", ""))
+            except (AttributeError, TypeError, ValueError):
+                log.warning("worker registry entry %s=%r malformed: skipped", wid, e)
+                continue
             if wid not in self.instances and pid > 0 and config and worker_pid_matches(pid, wid):
                 self.instances[wid] = Instance(wid, config, AdoptedProc(wid, pid))
                 adopted.append(wid)

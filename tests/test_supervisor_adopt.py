@@ -64,5 +64,6 @@ def test_recover_ignores_dead_or_recycled_pids_and_a_broken_registry(tmp_path):
     sup = Supervisor(0, 2, lambda w, c: None, registry=registry)
     assert sup.recover() == [] and sup.running() == {}
     assert json.loads(registry.read_text()) == {}  # rewritten to what this supervisor runs
-    registry.write_text("{not json")
-    assert Supervisor(0, 2, lambda w, c: None, registry=registry).recover() == []
+    for broken in ("{not json", "[1, 2]", '{"worker-0": 7, "worker-1": {"pid": "x", "config": "tp1-dual"}}'):
+        registry.write_text(broken)
+        assert Supervisor(0, 2, lambda w, c: None, registry=registry).recover() == [], broken
