@@ -33,20 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from shared.instance_config import cache_of, tp_of
 from shared.schemas.cluster import Plan
 
 log = logging.getLogger("dilaserve.supervisor")
 
 SUPPORTED_TP = (1,)  # CPU workers: no tensor parallelism inside a worker yet
-
-
-def tp_of(config: str) -> int:
-    head = config.split("-", 1)[0]
-    return int(head[2:]) if head.startswith("tp") and head[2:].isdigit() else 1
-
-
-def cache_of(config: str) -> str:
-    return config.split("-", 1)[1] if "-" in config else "dual"
 
 
 def node_share(plan: Plan, node: int) -> dict[str, int]:

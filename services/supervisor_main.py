@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     async def start():
         from services.local_cluster import start_service
         from services.planner.service import static_plan
-        from services.supervisor import Supervisor, cache_of
+        from services.supervisor import Supervisor
+        from shared.instance_config import cache_of
         from shared.transport import Bus, Store
 
         def spawn(worker_id: str, config: str):

@@ -22,6 +22,7 @@ from dataclasses import replace
 from shared import subjects
 from shared.config import PlannerConfig
 from shared.policy.cost_model import CostModel
+from shared.instance_config import cache_of, tp_of
 from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
                                         workload_classes)
 from shared.policy.planner_types import Plan as PolicyPlan
@@ -33,12 +34,6 @@ from shared.telemetry.names import SPAN_PLANNER_SOLVE
 log = logging.getLogger("dilaserve.planner")
 
 
-def tp_of(config: str) -> int:
-    """``tp4-dual`` → 4 (the configuration naming used by workers and the planner)."""
-    head = config.split("-", 1)[0]
-    return int(head[2:]) if head.startswith("tp") and head[2:].isdigit() else 1
-
-
 def config_specs(cost: CostModel, names: list[str], budget_step_s: float = 0.0) -> list[ConfigSpec]:
     """Planner configurations priced by ``cost`` (a name it lacks uses its first curve: on CPU there is
     one, the tiny model's); ``max_tokens`` = the scheduler's per-worker token budget when given."""
@@ -47,7 +42,7 @@ def config_specs(cost: CostModel, names: list[str], budget_step_s: float = 0.0) 
         key = name if name in cost.curves else next(iter(cost.curves))
         curve = cost.curves[key]
         cap = float(cost.budget_for(key, budget_step_s)) if budget_step_s > 0 else 0.0
-        out.append(ConfigSpec(name=name, tp=tp_of(name), cache=name.split("-", 1)[1] if "-" in name else "dual",
+        out.append(ConfigSpec(name=name, tp=tp_of(name), cache=cache_of(name),
                               latency=tuple(zip(curve.xs, curve.ys)), max_tokens=cap))
     return out
 
