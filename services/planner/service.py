@@ -21,8 +21,8 @@ from dataclasses import replace
 
 from shared import subjects
 from shared.config import PlannerConfig
-from shared.policy.cost_model import CostModel
 from shared.instance_config import cache_of, tp_of
+from shared.policy.cost_model import CostModel
 from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
                                         workload_classes)
 from shared.policy.planner_types import Plan as PolicyPlan

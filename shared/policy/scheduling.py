@@ -271,9 +271,7 @@ class SchedulerCore:
             if inst.members and inst.load + r.footprint > inst.budget:
                 continue
             lat = self.cost.latency_envelope(inst.view.config, inst.load + r.footprint)
-            if not self._mixed:
-                key = (0, lat, inst.load)
-            elif now_s + (t := self._time_on(r, inst.view.config, inst.load)) <= r.deadline_s:
+            if not self._mixed or now_s + (t := self._time_on(r, inst.view.config, inst.load)) <= r.deadline_s:
                 key = (0, lat, inst.load)
             else:
                 key = (1, t, inst.load)
