@@ -17,16 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def planner_cost_model(cfg):
     """The scheduler's cost model for the workers' configuration (the planner prices what they run)."""
-    from shared.policy.cost_model import CostModel
+    from shared.policy.live import live_cost_model
 
-    config = cfg.planner.instance_config
-    name = getattr(cfg.scheduler, "cost_model", "")
-    try:
-        from shared.policy.live import live_cost_model
-    except ImportError:  # a tree without the live policy wiring: the GH200 profile's TP1 curve
-        cm = CostModel.llada8b_gh200()
-        return CostModel({config: list(zip(cm.curves["tp1"].xs, cm.curves["tp1"].ys))})
-    return live_cost_model(name, config)
+    return live_cost_model(cfg.scheduler.cost_model, cfg.planner.instance_config)
 
 
 def replay_check(cfg):
@@ -34,12 +27,12 @@ def replay_check(cfg):
     policy and cost model (shared/sim/replay.py); else None."""
     if cfg.planner.replay_margin < 0:
         return None
+    from shared.policy.live import live_policy_kwargs
     from shared.sim.replay import ReplayCheck
     sc = cfg.scheduler
-    knobs = {"block_len": cfg.worker.block_length, "budget_step_s": sc.budget_step_s, "lc_period_s": sc.lc_period_s,
-             "global_slo_s": sc.global_slo_s or None}
-    if sc.policy == "dilaserve":  # as shared.policy.live.live_core configures the scheduler
-        knobs["drop_expired"] = sc.drop_expired
+    knobs = live_policy_kwargs(sc.policy, drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s,
+                               lc_period_s=sc.lc_period_s)
+    knobs.update(block_len=cfg.worker.block_length, global_slo_s=sc.global_slo_s or None)
     return ReplayCheck(sc.policy, planner_cost_model(cfg), margin=cfg.planner.replay_margin,
                        hysteresis=cfg.planner.hysteresis, transition_s=cfg.planner.replay_transition_s,
                        sim_kwargs=knobs)
@@ -58,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         bus = await Bus.connect(cfg.nats.url, name=pcfg.planner_id)
         store = await Store.from_config(cfg.redis)
         svc = PlannerService(pcfg, bus, store, tel, planner_cost_model(cfg), cfg.worker.block_length,
-                             budget_step_s=getattr(cfg.scheduler, "budget_step_s", 0.0),
+                             budget_step_s=cfg.scheduler.budget_step_s,
                              replay=replay_check(cfg))
         await svc.start()
         log.info("planner %s ready (%s, %s × %d slots)", pcfg.planner_id, pcfg.mode, pcfg.nodes,

@@ -25,11 +25,20 @@ def live_cost_model(name: str, config: str) -> CostModel:
     return CostModel.named(name, config)
 
 
+def live_policy_kwargs(policy: str, *, drop_expired: bool = False, budget_step_s: float = 0.5,
+                       lc_period_s: float = 1.0) -> dict:
+    """The scheduler settings that override the policy's defaults (``policy_params`` keywords): the live
+    scheduler's core and the planner's replay of a window (shared/sim/replay.py) use the same ones."""
+    kwargs: dict = {"budget_step_s": budget_step_s, "lc_period_s": lc_period_s}
+    if policy == "dilaserve":  # the other policies never drop: their switch stays off
+        kwargs["drop_expired"] = drop_expired
+    return kwargs
+
+
 def live_core(policy: str, cost: CostModel, *, global_slo_s: float = 0.0, drop_expired: bool = False,
               budget_step_s: float = 0.5, lc_period_s: float = 1.0) -> SchedulerCore:
-    kwargs: dict = {"budget_step_s": budget_step_s, "lc_period_s": lc_period_s}
-    if policy == "dilaserve":
-        kwargs["drop_expired"] = drop_expired
+    kwargs = live_policy_kwargs(policy, drop_expired=drop_expired, budget_step_s=budget_step_s,
+                                lc_period_s=lc_period_s)
     return make_core(policy, cost, StepPredictor(), global_slo_s=global_slo_s or None, **kwargs)
 
 
