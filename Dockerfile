@@ -26,6 +26,8 @@ RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyp
 
 COPY shared ./shared
 COPY services ./services
+COPY tooling ./tooling
+COPY lab ./lab
 COPY models ./models
 # Editable install: the code stays under /app, so default_model_dir() (relative to the package)
 # still finds /app/models/dilaserve-tiny. --no-deps: everything is installed above.

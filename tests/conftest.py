@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.local_cluster import (
+from services.common.processes import (
     Proc, free_port, service_env, start_nats, start_redis, start_service, wait_port, wait_ready,
 )
 

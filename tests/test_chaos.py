@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from services.chaos import SCENARIOS, make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
+from tooling.chaos import SCENARIOS, make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
 
 NUM_REQUESTS = 8
 MAX_TOKENS = 32

@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from services.cli import SUBCOMMANDS
+from services.common.cli import SUBCOMMANDS
 from shared.telemetry import names
 
 ROOT = Path(__file__).resolve().parents[1]

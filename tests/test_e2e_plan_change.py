@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from services.supervisor import Supervisor
+from services.supervisor.service import Supervisor
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan
 
 PROMPTS = [f"rev:{w}=" for w in ("abcdefghijklmnopqrstuvwx", "zyxwvutsrqponmlkjihgfedc", "thequickbrownfoxjumpsove",

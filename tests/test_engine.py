@@ -10,7 +10,7 @@ import torch
 from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
 from services.worker.engine.decoding import fixed_schedule_count, select_commits
 from services.worker.model import LLaDAConfig, LLaDAModelLM, Segment, load_tokenizer
-from shared.tasks import check_answer, make_problems
+from lab.tasks import check_answer, make_problems
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_shipped_model_solves_tasks(shipped_model):
 
 
 def test_tokenizer_matches_training_codec(shipped_model):
-    from services.worker.train import CharCodec
+    from lab.train import CharCodec
 
     _, tok = shipped_model
     codec = CharCodec()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def test_eval_writes_every_configuration_with_speedups(tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
-    subprocess.run([sys.executable, "-m", "services.cli", "eval", "--n", "6", "--seed", "5", "--json", str(out),
+    subprocess.run([sys.executable, "-m", "services.common.cli", "eval", "--n", "6", "--seed", "5", "--json", str(out),
                     "--batch-size", "6", "--threads", "1", "--device", "cpu"], check=True, timeout=600,
                    capture_output=True)
     d = json.loads(out.read_text())

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.gateway.app import Accepted, create_app
+from services.gateway.app import create_app
+from services.gateway.http_models import Accepted
 from shared.config import load_config
 from shared.schemas.codec import decode, encode
 from shared.schemas.requests import RequestFinished, RequestStats, SubmitRequest

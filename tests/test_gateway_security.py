@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.local_cluster import free_port, start_nats, start_service, wait_port, wait_ready
+from services.common.processes import free_port, start_nats, start_service, wait_port, wait_ready
 from shared.config import hash_api_key, load_config
 from shared.transport import Store
 from tests.conftest import NUM_WORKERS, _stop

@@ -6,7 +6,7 @@ import argparse
 import random
 from pathlib import Path
 
-from services.loadgen import Outcome, make_shots, poisson_arrivals, summarize, trace_arrivals
+from tooling.loadgen import Outcome, make_shots, poisson_arrivals, summarize, trace_arrivals
 
 
 def _args(**kw) -> argparse.Namespace:

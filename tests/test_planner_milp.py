@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared.policy.planner_milp import solve_plan
-from shared.policy.planner_placement import fits, place
-from shared.policy.planner_types import (
+from shared.policy.planner.milp import solve_plan
+from shared.policy.planner.placement import fits, place
+from shared.policy.planner.types import (
     ArrivalSample, ConfigSpec, Layout, PlannerError, PlannerInput, WorkloadClass,
 )
-from shared.policy.planner_workload import workload_classes
+from shared.policy.planner.workload import workload_classes
 
 TP1 = ConfigSpec(name="tp1", tp=1, cache="dual", latency=((32.0, 0.1),), batch_sizes=(1,))
 TP2 = ConfigSpec(name="tp2", tp=2, cache="dual", latency=((32.0, 0.07),), batch_sizes=(1,))  # t = 2.24 s
@@ -171,7 +171,7 @@ def test_plan_bench_writes_runs(tmp_path):
     import argparse
     import json
 
-    from services.planner import bench
+    from tooling import plan_bench as bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -9,7 +9,7 @@ from services.planner.main import replay_check
 from services.planner.service import PlannerService, static_plan
 from shared.config import Config
 from shared.policy.cost_model import CostModel
-from shared.policy.planner_types import ArrivalSample
+from shared.policy.planner.types import ArrivalSample
 
 
 def _service(replay_margin: float, transition_s: float) -> PlannerService:

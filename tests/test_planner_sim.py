@@ -56,7 +56,7 @@ def test_replay_check_vetoes_a_change_that_only_pays_in_steady_state():
 
 
 def test_window_requests_are_retimed_and_layouts_flattened():
-    from shared.policy.planner_types import ArrivalSample
+    from shared.policy.planner.types import ArrivalSample
     arr = [ArrivalSample(10.0, 5, 32, 2.0), ArrivalSample(12.5, 7, 64, 3.0), ArrivalSample(20.0, 1, 32, 1.0)]
     w = window_requests(arr, 10.0, 15.0)  # (start, end]: 10.0 is outside
     assert [(r.arrival_s, r.prompt_len, r.output_len, r.slo_s) for r in w] == [(2.5, 7, 64, 3.0)]
@@ -71,7 +71,7 @@ def test_planner_off_is_the_static_layout():
 
 
 def test_peak_factor_and_phased_rows():
-    from shared.policy.planner_types import ArrivalSample
+    from shared.policy.planner.types import ArrivalSample
     even = [ArrivalSample(t + 0.5, 10, 32, 5.0) for t in range(30)]
     assert peak_factor(even, 30.0, 30.0, 10.0) == 1.0
     burst = [ArrivalSample(29.0, 10, 32, 5.0)] * 30

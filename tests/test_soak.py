@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from services.soak import soak, summarize
+from tooling.soak import soak, summarize
 
 
 def test_concurrent_streams_finish_without_errors(cluster):

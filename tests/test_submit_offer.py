@@ -9,7 +9,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from services.local_cluster import free_port, start_service, wait_ready
+from services.common.processes import free_port, start_service, wait_ready
 from shared import subjects
 from shared.schemas.requests import Assignment, RequestFinished, SubmitRequest
 from shared.transport import Bus, Store

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 
-from services.local_cluster import Proc
-from services.supervisor import Supervisor, worker_pid_matches
+from services.common.processes import Proc
+from services.supervisor.service import Supervisor, worker_pid_matches
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan
 
 

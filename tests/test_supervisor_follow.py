@@ -9,8 +9,8 @@ import asyncio
 import subprocess
 import time
 
-from services.local_cluster import Proc, free_port, start_nats, wait_port
-from services.supervisor import Supervisor
+from services.common.processes import Proc, free_port, start_nats, wait_port
+from services.supervisor.service import Supervisor
 from shared import subjects
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan, PlannerHeartbeat
 from shared.transport import Bus, Store

@@ -10,7 +10,8 @@ import time
 
 import httpx
 
-from services.local_cluster import LocalCluster, free_port, start_service
+from services.common.processes import free_port, start_service
+from tooling.local_cluster import LocalCluster
 from shared import subjects
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan
 

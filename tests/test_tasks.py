@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shared.tasks import MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
+from lab.tasks import MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
 
 
 def test_same_seed_same_problems_and_different_seeds_differ():
@@ -24,7 +24,7 @@ def test_eval_problems_never_generated_for_training():
 
 
 def test_training_weights_bias_the_task_mix_and_keep_the_split():
-    from shared.tasks import TRAIN_CURRICULUM, train_weights_at
+    from lab.tasks import TRAIN_CURRICULUM, train_weights_at
 
     assert train_weights_at(0.0) is TRAIN_CURRICULUM[0][1] and train_weights_at(1.0) is TRAIN_CURRICULUM[-1][1]
     rng = random.Random(7)
@@ -34,7 +34,7 @@ def test_training_weights_bias_the_task_mix_and_keep_the_split():
 
 
 def test_task_weights_spec():
-    from shared.tasks import parse_task_weights
+    from lab.tasks import parse_task_weights
 
     w = parse_task_weights("add=1, rev=3")
     assert w == {"add": 1.0, "sub": 0.0, "mul": 0.0, "sort": 0.0, "rev": 3.0}

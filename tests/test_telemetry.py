@@ -325,7 +325,7 @@ def test_one_trace_spans_gateway_scheduler_and_worker(receiver: OtlpReceiver, tm
     the gateway continues the client's context (instrument_fastapi) and it crosses both NATS hops."""
     import httpx
 
-    from services.local_cluster import LocalCluster, free_port
+    from tooling.local_cluster import LocalCluster, free_port
 
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500",
            "OTEL_BSP_SCHEDULE_DELAY": "200"}  # export within ~0.2 s instead of relying on shutdown flushes

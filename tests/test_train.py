@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.cli import main as cli
+from services.common.cli import main as cli
 from services.worker.model import load_model, load_tokenizer
 
 
@@ -32,7 +32,7 @@ def test_micro_batches_give_the_full_batch_gradient():
     import torch
 
     from services.worker.model import LLaDAModelLM, register_llada
-    from services.worker.train import CharCodec, TrainConfig, batch_loss, make_batch, model_config
+    from lab.train import CharCodec, TrainConfig, batch_loss, make_batch, model_config
 
     register_llada()
     cfg = TrainConfig(batch_size=12, d_model=32, n_layers=1, n_heads=2, mlp_hidden_size=32)

@@ -9,7 +9,6 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, TypeVar
 
@@ -21,7 +20,7 @@ from services.gateway import responses as R
 from services.gateway.errors import ApiError, bad_request, error_body
 from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
-    ChatBody, CompletionBody, DlmParams, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
+    Accepted, ChatBody, CompletionBody, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
 )
 from services.gateway.relay import Relay, stored_result
 from services.gateway.tokenizer import ModelTokenizer, default_model_dir
@@ -35,21 +34,6 @@ from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinish
 log = logging.getLogger("dilaserve.gateway")
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-@dataclass
-class Accepted:
-    """A validated request, tokenized and ready to submit."""
-
-    kind: str  # "completion" | "chat"
-    request_id: str
-    prompt_ids: list[int]
-    max_tokens: int
-    stream: bool
-    dlm: DlmParams
-    arrival_s: float
-    arrival_mono: float
-    created: int = field(default_factory=lambda: int(time.time()))
 
 
 class Gateway:

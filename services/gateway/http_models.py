@@ -8,7 +8,8 @@ object (``"dlm": {"slo_ms": 500}``); the ``dlm`` object wins, then top level, th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import msgspec
@@ -146,3 +147,18 @@ def chat_messages(body: ChatBody) -> list[dict[str, str]]:
             content = "".join(part.text or "" for part in content if part.type == "text")
         out.append({"role": m.role, "content": content or ""})
     return out
+
+
+@dataclass
+class Accepted:
+    """A validated request, tokenized and ready to submit."""
+
+    kind: str  # "completion" | "chat"
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    stream: bool
+    dlm: DlmParams
+    arrival_s: float
+    arrival_mono: float
+    created: int = field(default_factory=lambda: int(time.time()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.runtime import add_common_arguments, setup
+from services.common.runtime import add_common_arguments, setup
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

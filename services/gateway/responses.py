@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from services.gateway.http_models import Accepted
 from shared.schemas.records import RequestRecord
 from shared.schemas.requests import RequestFinished
 
-if TYPE_CHECKING:
-    from services.gateway.app import Accepted, Gateway
+
+class Gateway(Protocol):
+    """What a response body needs of the gateway: its tokenizer and the model name it serves."""
+
+    model_name: str
+
+    @property
+    def tokenizer(self) -> Any: ...
 
 
 def usage(fin: RequestFinished) -> dict[str, int]:

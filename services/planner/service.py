@@ -23,9 +23,9 @@ from shared import subjects
 from shared.config import PlannerConfig
 from shared.instance_config import cache_of, tp_of
 from shared.policy.cost_model import CostModel
-from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
+from shared.policy.planner.milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
                                         workload_classes)
-from shared.policy.planner_types import Plan as PolicyPlan
+from shared.policy.planner.types import Plan as PolicyPlan
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan, PlannerHeartbeat
 from shared.schemas.requests import SubmitRequest
 from shared.sim.replay import ReplayCheck, layout_configs, window_requests

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from services.runtime import add_common_arguments, run_until_signal, setup
+from services.common.runtime import add_common_arguments, run_until_signal, setup
 
 log = logging.getLogger("dilaserve.scheduler")
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.runtime import add_common_arguments, run_until_signal, setup
+from services.common.runtime import add_common_arguments, run_until_signal, setup
 
 log = logging.getLogger("dilaserve.worker")
 

@@ -2,7 +2,7 @@
 execute plans with drain, teardown and launch delays — the simulated twin of the plan executor.
 
 Every ``interval_s`` the planner bins the arrivals of the last ``window_s`` seconds into workload
-classes and calls ``shared.policy.planner_milp.solve_plan`` with the current layout (hysteresis and
+classes and calls ``shared.policy.planner.milp.solve_plan`` with the current layout (hysteresis and
 placement included), exactly as the planner service does. A changed plan gives each node a target
 layout; the executor moves nodes towards their targets **rolling**, at most ``max_nodes_changing``
 nodes at a time (a whole-cluster switch would otherwise leave nothing to serve during the launch
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.policy.cost_model import GPUS_PER_CONFIG, CostModel
-from shared.policy.planner_milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
+from shared.policy.planner.milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
                                         workload_classes)
-from shared.policy.planner_placement import place
+from shared.policy.planner.placement import place
 from shared.policy.step_predictor import LLADA_TPS_PRIOR
 from shared.policy.types import InstanceView
 from shared.sim.replay import ReplayCheck, layout_configs, window_requests

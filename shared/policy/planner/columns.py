@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.policy.cost_model import CostModel
-from shared.policy.planner_types import ConfigSpec, PlannerInput, WorkloadClass
+from shared.policy.planner.types import ConfigSpec, PlannerInput, WorkloadClass
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,7 @@ def _signal(proc, sig: int) -> None:
 class Instance:
     worker_id: str
     config: str
-    proc: object  # services.local_cluster.Proc (popen, pid, alive())
+    proc: object  # services.common.processes.Proc (popen, pid, alive())
 
     @property
     def slots(self) -> int:

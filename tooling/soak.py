@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.loadgen import percentile, print_summary
+from tooling.loadgen import percentile, print_summary
 
 REFUSALS = (429, 503)
 
@@ -100,7 +100,7 @@ async def soak(url: str, clients: int, duration_s: float, max_tokens: int, gatew
     import httpx
     from tqdm import tqdm
 
-    from shared.tasks import make_problems
+    from lab.tasks import make_problems
 
     prompts = [p.prompt for p in make_problems(256, seed=11)]
     stats, memory = SoakStats(), []
@@ -162,7 +162,8 @@ def main(args: argparse.Namespace) -> int:
     cluster = None
     url, pid = args.url, args.gateway_pid
     if url is None:
-        from services.local_cluster import REPO, LocalCluster, free_port
+        from services.common.processes import REPO, free_port
+        from tooling.local_cluster import LocalCluster
 
         run_dir = (REPO / "runs" / time.strftime("soak-%Y%m%d-%H%M%S")).resolve()
         cluster = LocalCluster(run_dir, num_workers=args.workers, port=free_port())

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from shared.policy.planner_columns import class_columns, latency_model
-from shared.policy.planner_milp import default_configs, solve_plan
-from shared.policy.planner_types import (
+from shared.policy.planner.columns import class_columns, latency_model
+from shared.policy.planner.milp import default_configs, solve_plan
+from shared.policy.planner.types import (
     ArrivalSample, ConfigSpec, Layout, PlannerError, PlannerInput, WorkloadClass,
 )
-from shared.policy.planner_workload import workload_classes
+from shared.policy.planner.workload import workload_classes
 
 BASE_S_PER_256 = 1.9  # GSM8K base latency for 256 output tokens (DESIGN §5)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared.tasks import parse_task_weights, sample_problem, train_weights_at
+from lab.tasks import parse_task_weights, sample_problem, train_weights_at
 from services.worker.model import LLaDAConfig, LLaDAModelLM, register_llada
 from services.worker.model.tokenizer_build import VOCAB_SIZE, build_vocab, save_tokenizer
 
@@ -55,7 +55,7 @@ class TrainConfig:
     max_canvas: int = 40
     micro_batches: int = 3
     precision: str = "fp32"  # or "bf16" autocast (faster; the one bf16 run did not learn add/sub, see docs)
-    task_weights: str = ""  # e.g. "add=1,sub=1,rev=3" (others 0); "" = shared.tasks.TRAIN_CURRICULUM
+    task_weights: str = ""  # e.g. "add=1,sub=1,rev=3" (others 0); "" = lab.tasks.TRAIN_CURRICULUM
     init_from: str = ""  # start from this exported model's weights (fresh optimizer): a fine-tuning stage
     checkpoint_every: int = 250
     threads: int = 0

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.tasks import check_answer, make_problems
+from lab.tasks import check_answer, make_problems
 
 
 @dataclass
@@ -112,7 +112,7 @@ async def fire(client, url: str, shot: Shot, slo_ms: float | None) -> Outcome:
     dlm = data.get("dlm") or {}
     timings = dlm.get("timings") or {}
     text = data["choices"][0]["text"]
-    from shared.tasks import Problem
+    from lab.tasks import Problem
 
     return Outcome(True, latency, overhead_ms=timings.get("overhead_ms"), timings_ms=timings,
                    slo_met=None if slo_ms is None else latency * 1000 <= slo_ms,

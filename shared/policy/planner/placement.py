@@ -13,7 +13,7 @@ per-node layout is recovered exactly here, keeping as many existing instances as
 
 from __future__ import annotations
 
-from shared.policy.planner_types import Layout
+from shared.policy.planner.types import Layout
 
 
 def levels(tps: list[int]) -> list[int]:

@@ -15,7 +15,7 @@ import torch
 
 from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
 from services.worker.model import default_model_dir, load_model, load_tokenizer
-from shared.tasks import Problem, check_answer, make_problems
+from lab.tasks import Problem, check_answer, make_problems
 
 THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5)
 CACHES = ("none", "prefix", "dual")

@@ -22,13 +22,13 @@ import highspy
 import numpy as np
 
 from shared.policy.cost_model import CostModel
-from shared.policy.planner_columns import Column, class_columns, fastest_time, latency_model
-from shared.policy.planner_placement import layout_fits, level_capacity, levels, place
-from shared.policy.planner_types import (
+from shared.policy.planner.columns import Column, class_columns, fastest_time, latency_model
+from shared.policy.planner.placement import layout_fits, level_capacity, levels, place
+from shared.policy.planner.types import (
     CACHE_MODES, DEFAULT_BATCH_SIZES, ArrivalSample, Assignment, ClassTarget, ConfigSpec, Layout,
     Plan, PlannerError, PlannerInput, WorkloadClass,
 )
-from shared.policy.planner_workload import workload_classes
+from shared.policy.planner.workload import workload_classes
 
 __all__ = [
     "ArrivalSample", "ConfigSpec", "Layout", "Plan", "PlannerError", "PlannerInput", "WorkloadClass",

@@ -10,21 +10,21 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("services.local_cluster", "start NATS, Redis and every service on this machine"),
-    "train": ("services.worker.train", "train the shipped tiny diffusion LM (CPU, resumable)"),
-    "eval": ("services.worker.evaluate", "accuracy and speed of each decoding configuration"),
-    "bench-engine": ("services.worker.bench_engine", "threshold decoding + caches vs the fixed-schedule baseline"),
-    "profile": ("services.worker.profiling", "step latency against tokens executed (cost-model input)"),
-    "bench": ("services.loadgen", "open-loop load generator against a running gateway"),
+    "up": ("tooling.local_cluster", "start NATS, Redis and every service on this machine"),
+    "train": ("lab.train", "train the shipped tiny diffusion LM (CPU, resumable)"),
+    "eval": ("lab.evaluate", "accuracy and speed of each decoding configuration"),
+    "bench-engine": ("lab.bench_engine", "threshold decoding + caches vs the fixed-schedule baseline"),
+    "profile": ("lab.profiling", "step latency against tokens executed (cost-model input)"),
+    "bench": ("tooling.loadgen", "open-loop load generator against a running gateway"),
     "simulate": ("shared.sim.cli", "trace-driven discrete-event simulation of the scheduling policies"),
-    "plan-bench": ("services.planner.bench", "planner MILP solve-time benchmark"),
-    "soak": ("services.soak", "many concurrent streaming clients: errors and gateway memory over time"),
-    "chaos": ("services.chaos", "fault injection under load: nothing accepted is lost, duplicated or changed"),
+    "plan-bench": ("tooling.plan_bench", "planner MILP solve-time benchmark"),
+    "soak": ("tooling.soak", "many concurrent streaming clients: errors and gateway memory over time"),
+    "chaos": ("tooling.chaos", "fault injection under load: nothing accepted is lost, duplicated or changed"),
     "gateway": ("services.gateway.main", "run the gateway service"),
     "scheduler": ("services.scheduler.main", "run the scheduler service"),
     "planner": ("services.planner.main", "run the planner service"),
     "worker": ("services.worker.main", "run one worker (model instance)"),
-    "supervisor": ("services.supervisor_main", "node supervisor: runs this node's workers, follows the plans"),
+    "supervisor": ("services.supervisor.main", "node supervisor: runs this node's workers, follows the plans"),
 }
 
 

@@ -6,7 +6,7 @@ exactly once, with the output it would have had without the fault.
 1. Reference outputs: the same prompts through the in-process engine (the workers' block length and
    cache mode, τ = 1: every request is sent with ``min_threshold`` 1.0, so its τ is 1 whatever cap the
    scheduler applies; greedy decoding is batch-invariant, so the served output must be bit-identical).
-2. A local cluster (``services.local_cluster.LocalCluster``: nats-server with JetStream file storage
+2. A local cluster (``tooling.local_cluster.LocalCluster``: nats-server with JetStream file storage
    and redis-server with AOF, both under the run folder, then every service as its own process).
 3. N streaming completions submitted at ``--rps``; when half are submitted and a worker holds a
    request that has committed a block, the fault is injected:
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from services.local_cluster import REPO, LocalCluster, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready
+from services.common.processes import REPO, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready
+from tooling.local_cluster import LocalCluster
 
 SCENARIOS = ("kill-worker", "restart-scheduler", "restart-redis", "nats-blip", "stop-worker", "stop-scheduler",
              "pause-worker")
@@ -59,7 +60,7 @@ def say(msg: str) -> None:
 
 # -- workload and reference outputs ----------------------------------------------------------------
 def make_prompts(n: int, seed: int = 7) -> list[str]:
-    from shared.tasks import make_problems
+    from lab.tasks import make_problems
 
     return [p.prompt for p in make_problems(n, seed=seed)]
 

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from services.runtime import add_common_arguments, run_until_signal, setup
+from services.common.runtime import add_common_arguments, run_until_signal, setup
 
 log = logging.getLogger("dilaserve.supervisor")
 
@@ -43,9 +43,9 @@ def main(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/node{args.node}").resolve()
 
     async def start():
-        from services.local_cluster import start_service
+        from services.common.processes import start_service
         from services.planner.service import static_plan
-        from services.supervisor import Supervisor
+        from services.supervisor.service import Supervisor
         from shared.instance_config import cache_of
         from shared.transport import Bus, Store
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.worker.evaluate import THRESHOLDS, DecodeSpec, add_common_arguments, load, run_spec, write_json
-from shared.tasks import make_problems
+from lab.evaluate import THRESHOLDS, DecodeSpec, add_common_arguments, load, run_spec, write_json
+from lab.tasks import make_problems
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

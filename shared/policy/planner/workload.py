@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from shared.policy.planner_types import ArrivalSample, PlannerError, WorkloadClass
+from shared.policy.planner.types import ArrivalSample, PlannerError, WorkloadClass
 
 Point = tuple[float, float, float, int]  # log prompt, log output, log slo, arrival index
 

@@ -1,0 +1,1 @@
+"""The node supervisor: runs this node's workers and follows the planner's plans."""

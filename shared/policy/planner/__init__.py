@@ -1,0 +1,1 @@
+"""The planner's pure core: workload estimate, configuration columns, the MILP, placement of plans."""
