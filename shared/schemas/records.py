@@ -7,8 +7,9 @@ from typing import Literal
 from shared.schemas.base import Message
 from shared.schemas.requests import RequestFinished, SubmitRequest
 
-RequestState = Literal["queued", "assigned", "running", "completed", "cancelled", "failed"]
-TERMINAL_STATES: frozenset[str] = frozenset({"completed", "cancelled", "failed"})
+RequestState = Literal["queued", "assigned", "running", "completed", "cancelled", "failed", "rejected"]
+# A record in one of these holds its RequestFinished (state = RequestFinished.status).
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "cancelled", "failed", "rejected"})
 
 
 class RequestRecord(Message, tag="request_record"):

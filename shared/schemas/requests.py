@@ -6,8 +6,13 @@ from typing import Literal
 
 from shared.schemas.base import Message
 
-FinishStatus = Literal["completed", "cancelled", "failed"]
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+# "rejected": never run, because the scheduler refused it (or shed it from its queue): its deadline
+# cannot be met. A deliberate refusal, apart from "failed" (something broke).
+FinishStatus = Literal["completed", "cancelled", "failed", "rejected"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "rejected"]
+
+# RequestFinished.error_code of a deadline refusal (also the gateway's HTTP error code for it).
+DEADLINE_UNMEETABLE = "deadline_unmeetable"
 
 
 class SubmitRequest(Message, tag="submit_request"):
@@ -97,4 +102,14 @@ class RequestFinished(Message, tag="request_finished"):
     num_prompt_tokens: int = 0
     stats: RequestStats | None = None
     error: str = ""
+    error_code: str = ""  # machine-readable cause when not completed, e.g. DEADLINE_UNMEETABLE
     finished_s: float = 0.0
+
+
+def deadline_refusal(request_id: str, num_prompt_tokens: int, finished_s: float, shed: bool) -> RequestFinished:
+    """The scheduler's result for a request whose deadline cannot be met: refused on arrival
+    (``shed=False``) or shed later from the queue (``shed=True``). It never reached a worker."""
+    how = "shed from the scheduler's queue" if shed else "refused by the scheduler on arrival"
+    return RequestFinished(request_id=request_id, status="rejected", finish_reason="rejected",
+                           num_prompt_tokens=num_prompt_tokens, error=f"the deadline cannot be met: {how}",
+                           error_code=DEADLINE_UNMEETABLE, finished_s=finished_s)

@@ -44,7 +44,10 @@ TOKENS_PER_STEP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32)
 STEP_TOKENS_BUCKETS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 SOLVE_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
-OUTCOMES = ("completed", "rejected", "cancelled", "failed", "expired")
+# "rejected": refused by the gateway (429 rate limit, 503 in-flight bound or submission failure);
+# "deadline_unmeetable": refused or shed by the scheduler because its deadline cannot be met (HTTP 503).
+OUTCOME_DEADLINE_UNMEETABLE = "deadline_unmeetable"
+OUTCOMES = ("completed", "rejected", "cancelled", "failed", "expired", OUTCOME_DEADLINE_UNMEETABLE)
 STEP_KINDS = ("refresh", "reuse")
 
 REQUESTS = MetricSpec("dilaserve_requests", Kind.COUNTER, "{request}",

@@ -22,7 +22,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectio
 from shared.schemas.cluster import Plan
 from shared.schemas.codec import decode, encode
 from shared.schemas.engine import DecodeState
-from shared.schemas.records import RequestRecord
+from shared.schemas.records import TERMINAL_STATES, RequestRecord
 from shared.schemas.requests import RequestFinished, SubmitRequest
 
 if TYPE_CHECKING:
@@ -59,14 +59,16 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 
-# KEYS: hash; ARGV: now → 1 if it is now cancelled, else the (terminal) current state, "" if missing
+# KEYS: hash; ARGV: now → 1 if it is now cancelled, else the (terminal) current state, "" if missing.
+# The terminal set comes from TERMINAL_STATES, so a new terminal state is never cancelled over.
 _CANCEL = """
+local terminal = {%s}
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return '' end
-if cur == 'completed' or cur == 'failed' or cur == 'cancelled' then return cur end
+if terminal[cur] then return cur end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'updated_s', ARGV[1])
 return 1
-"""
+""" % ", ".join(f"['{s}'] = true" for s in sorted(TERMINAL_STATES))
 
 
 # KEYS: bucket hash; ARGV: rate/s, burst, cost → {1 if taken else 0, ms until enough tokens}.
