@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import responses as R
-from services.gateway.errors import ApiError, bad_request, error_body
+from services.gateway.errors import ApiError, bad_request, deadline_unmeetable, error_body
 from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
     Accepted, ChatBody, CompletionBody, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
@@ -34,6 +34,9 @@ from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinish
 log = logging.getLogger("dilaserve.gateway")
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A stream's 200 waits this long for the first event, so that a refusal on arrival (the scheduler
+# answers within milliseconds) still gets its HTTP 503; a later refusal becomes an SSE error event.
+STREAM_HOLD_S = 0.25
 
 
 class Gateway:
@@ -191,9 +194,19 @@ class Gateway:
             log.warning("could not cancel %s (%s): %s", request_id, reason, exc.message)
 
     def finish_metrics(self, acc: Accepted, fin: RequestFinished, latency_s: float) -> None:
-        slo_met = None if acc.dlm.slo_ms is None else latency_s * 1000 <= acc.dlm.slo_ms
+        refused = fin.status == "rejected"
+        slo_met = None if acc.dlm.slo_ms is None else not refused and latency_s * 1000 <= acc.dlm.slo_ms
         queue_s = fin.stats.queue_s if fin.stats else 0.0
-        self.tel.metrics.request_finished(outcome=fin.status, slo_met=slo_met, latency_s=latency_s, queue_s=queue_s)
+        outcome = tn.OUTCOME_DEADLINE_UNMEETABLE if refused else fin.status
+        self.tel.metrics.request_finished(outcome=outcome, slo_met=slo_met, latency_s=latency_s, queue_s=queue_s)
+
+    def refusal(self, acc: Accepted, fin: RequestFinished) -> ApiError:
+        """The 503 for a request the scheduler refused or shed (its deadline cannot be met)."""
+        retry_s = max(1, self.cfg.security.retry_after_s)
+        why = fin.error or "the deadline cannot be met"
+        slo = f" (slo_ms={acc.dlm.slo_ms:g})" if acc.dlm.slo_ms is not None else ""
+        return deadline_unmeetable(f"request {acc.request_id} was not run{slo}: {why}. Retry after {retry_s} s, "
+                                   "or with a larger slo_ms.", retry_s)
 
 
 def create_app(cfg: Config, tel) -> FastAPI:
@@ -280,6 +293,11 @@ async def _generate(gw: Gateway, kind: str, request: Request):
         span.set_attribute(tn.ATTR_REQUEST_ID, acc.request_id)
         relay = await gw.submit(acc)
     if acc.stream:
+        fin = await _hold_stream(relay)
+        if fin is not None and fin.status == "rejected":
+            await relay.close()
+            gw.finish_metrics(acc, fin, time.monotonic() - acc.arrival_mono)
+            raise gw.refusal(acc, fin)
         return StreamingResponse(_stream(gw, acc, relay), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         fin = await _wait_or_disconnect(relay, request, gw.gcfg.request_timeout_s)
@@ -294,9 +312,21 @@ async def _generate(gw: Gateway, kind: str, request: Request):
         await relay.close()
     latency_s = time.monotonic() - acc.arrival_mono
     gw.finish_metrics(acc, fin, latency_s)
+    if fin.status == "rejected":
+        raise gw.refusal(acc, fin)
     if fin.status == "failed":
         raise ApiError(500, f"request failed on the worker: {fin.error}", code="worker_error", type_="server_error")
     return JSONResponse(R.final_body(gw, acc, fin, latency_s, relay.finished_seen_s))
+
+
+async def _hold_stream(relay: Relay) -> RequestFinished | None:
+    """Wait up to STREAM_HOLD_S for the first event (a block stays in the relay for the stream); the
+    result if that event finished the request."""
+    try:
+        await relay.next(STREAM_HOLD_S)
+    except asyncio.TimeoutError:
+        return None
+    return relay.finished
 
 
 async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[bytes]:
@@ -308,18 +338,22 @@ async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[byt
             yield _sse(R.chunk(gw, acc, {"role": "assistant", "content": ""}))
         loop = asyncio.get_running_loop()
         end = loop.time() + gw.gcfg.request_timeout_s
-        while relay.finished is None:
-            evt = await relay.next(max(0.0, end - loop.time()))
-            if isinstance(evt, BlockCommitted):
-                text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
-                if len(text) > len(sent) and text.startswith(sent):
-                    yield _sse(R.chunk(gw, acc, text[len(sent):]))
-                    sent = text
+        while True:
+            text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
+            if len(text) > len(sent) and text.startswith(sent):  # blocks received so far (the hold's included)
+                yield _sse(R.chunk(gw, acc, text[len(sent):]))
+                sent = text
+            if relay.finished is not None:
+                break
+            await relay.next(max(0.0, end - loop.time()))
         fin = relay.finished
         finished = True
         latency_s = time.monotonic() - acc.arrival_mono
         gw.finish_metrics(acc, fin, latency_s)
-        if fin.status == "failed":
+        if fin.status == "rejected":  # after the 200: the same error as the 503 body, then [DONE]
+            err = gw.refusal(acc, fin)
+            yield _sse(error_body(err.message, err.type, None, err.code))
+        elif fin.status == "failed":
             yield _sse(error_body(f"request failed on the worker: {fin.error}", "server_error", None, "worker_error"))
         else:
             text = gw.tokenizer.decode(fin.output_ids)

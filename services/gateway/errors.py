@@ -7,6 +7,8 @@ import re
 import msgspec
 from fastapi.responses import JSONResponse
 
+from shared.schemas.requests import DEADLINE_UNMEETABLE
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
@@ -26,6 +28,16 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 def bad_request(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+# A deliberate refusal (the scheduler cannot meet the deadline), not a fault: its own type, never a 500.
+DEADLINE_ERROR_TYPE = "deadline_error"
+
+
+def deadline_unmeetable(message: str, retry_after_s: int) -> ApiError:
+    """503 for a request the scheduler refused or shed because its deadline cannot be met."""
+    return ApiError(503, message, code=DEADLINE_UNMEETABLE, type_=DEADLINE_ERROR_TYPE,
+                    headers={"Retry-After": str(retry_after_s)})
 
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -112,7 +112,7 @@ def request_status(gw: Gateway, rec: RequestRecord) -> dict[str, Any]:
         latency_s = fin.finished_s - s.arrival_s if fin.finished_s else None
         out["result"] = {
             "text": gw.tokenizer.decode(fin.output_ids), "finish_reason": fin.finish_reason, "usage": usage(fin),
-            "error": fin.error or None,
+            "error": fin.error or None, "error_code": fin.error_code or None,
             "dlm": dlm_object(fin, s.slo_ms, s.priority, s.min_threshold, s.deadline_s, latency_s),
         }
     return out
