@@ -22,7 +22,7 @@ from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
     Accepted, ChatBody, CompletionBody, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
 )
-from services.gateway.relay import Relay, stored_result
+from services.gateway.relay import Event, Relay, stored_result
 from services.gateway.tokenizer import ModelTokenizer, default_model_dir
 from shared import subjects
 from shared.telemetry import names as tn
@@ -293,12 +293,13 @@ async def _generate(gw: Gateway, kind: str, request: Request):
         span.set_attribute(tn.ATTR_REQUEST_ID, acc.request_id)
         relay = await gw.submit(acc)
     if acc.stream:
-        fin = await _hold_stream(relay)
+        first = await _hold_stream(relay)
+        fin = relay.finished
         if fin is not None and fin.status == "rejected":
             await relay.close()
             gw.finish_metrics(acc, fin, time.monotonic() - acc.arrival_mono)
             raise gw.refusal(acc, fin)
-        return StreamingResponse(_stream(gw, acc, relay), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(_stream(gw, acc, relay, first), media_type="text/event-stream", headers=SSE_HEADERS)
     try:
         fin = await _wait_or_disconnect(relay, request, gw.gcfg.request_timeout_s)
         if fin is None:  # the client gave up: stop the work, nobody will read the answer
@@ -319,18 +320,19 @@ async def _generate(gw: Gateway, kind: str, request: Request):
     return JSONResponse(R.final_body(gw, acc, fin, latency_s, relay.finished_seen_s))
 
 
-async def _hold_stream(relay: Relay) -> RequestFinished | None:
-    """Wait up to STREAM_HOLD_S for the first event (a block stays in the relay for the stream); the
-    result if that event finished the request."""
+async def _hold_stream(relay: Relay) -> Event | None:
+    """The first event, waited for up to STREAM_HOLD_S before the stream's 200 goes out (None if none came)."""
+    if relay.finished is not None:
+        return relay.finished
     try:
-        await relay.next(STREAM_HOLD_S)
+        return await relay.next(STREAM_HOLD_S)
     except asyncio.TimeoutError:
         return None
-    return relay.finished
 
 
-async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[bytes]:
-    """SSE: committed text in order (one chunk per block that extends the prefix), then the final chunk."""
+async def _stream(gw: Gateway, acc: Accepted, relay: Relay, first: Event | None = None) -> AsyncIterator[bytes]:
+    """SSE: committed text in order (one chunk per block that extends the prefix), then the final chunk.
+    ``first``: the event the hold already took from the relay."""
     sent = ""
     finished = False
     try:
@@ -338,14 +340,16 @@ async def _stream(gw: Gateway, acc: Accepted, relay: Relay) -> AsyncIterator[byt
             yield _sse(R.chunk(gw, acc, {"role": "assistant", "content": ""}))
         loop = asyncio.get_running_loop()
         end = loop.time() + gw.gcfg.request_timeout_s
+        evt = first
         while True:
-            text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
-            if len(text) > len(sent) and text.startswith(sent):  # blocks received so far (the hold's included)
-                yield _sse(R.chunk(gw, acc, text[len(sent):]))
-                sent = text
+            if isinstance(evt, BlockCommitted):
+                text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield _sse(R.chunk(gw, acc, text[len(sent):]))
+                    sent = text
             if relay.finished is not None:
                 break
-            await relay.next(max(0.0, end - loop.time()))
+            evt = await relay.next(max(0.0, end - loop.time()))
         fin = relay.finished
         finished = True
         latency_s = time.monotonic() - acc.arrival_mono
