@@ -46,6 +46,16 @@ def worker_caps(worker_id: str | None = None) -> str:
     return f"{PREFIX}.scheduler.threshold.cap.{_check_token(worker_id) if worker_id else '*'}"
 
 
+def worker_migrate(worker_id: str | None = None) -> str:
+    """MigrateRequest for the worker holding the request; None gives the wildcard over all workers."""
+    return f"{PREFIX}.scheduler.request.migrate.{_check_token(worker_id) if worker_id else '*'}"
+
+
+def request_released(request_id: str | None = None) -> str:
+    """RequestReleased (a worker let a migrating request go); None gives the wildcard (the scheduler's feed)."""
+    return f"{PREFIX}.worker.request.released.{_check_token(request_id) if request_id else '*'}"
+
+
 def request_commit(request_id: str | None = None) -> str:
     """BlockCommitted; None gives the wildcard over all requests (the scheduler's progress feed)."""
     return f"{PREFIX}.events.request.commit.{_check_token(request_id) if request_id else '*'}"

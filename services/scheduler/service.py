@@ -1,6 +1,8 @@
 """Scheduler service: consume submissions, keep the cluster view, place requests through a policy.
 
-receive (JetStream / heartbeats / events) → decode → policy.schedule(plain data) → persist → publish.
+receive (JetStream / heartbeats / events) → decode → tell the policy core (plain data) → core.schedule →
+persist → publish. The core owns which request is queued or on which instance; this service keeps only
+what delivery needs (the submission, its JetStream handle, trace headers, a migration in transit).
 A submission is acked only after its assignment is persisted in Redis; on restart the state is rebuilt
 from Redis and unacked submissions are redelivered by JetStream.
 """
@@ -8,6 +10,7 @@ from Redis and unacked submissions are redelivered by JetStream.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -16,12 +19,14 @@ from dataclasses import dataclass
 from shared import subjects
 from shared.telemetry import names as tn
 from shared.config import NatsConfig, SchedulerConfig
-from shared.policy.types import InstanceView, RequestView, StepSample, TpsSample
+from shared.policy.recording import RecordingCore
+from shared.policy.types import InstanceView, RequestView, SchedulerOutput, StepSample, TpsSample
+from shared.schemas.migration import MigrateRequest, RequestReleased
 from shared.schemas.requests import BlockCommitted
 from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import (
-    Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps,
+    Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps, deadline_refusal,
 )
 from shared.transport import Bus, Delivery, Store
 from shared.transport.bus import NoResponders
@@ -35,10 +40,10 @@ class _Entry:
     view: RequestView
     headers: dict[str, str]
     delivery: Delivery | None = None  # None when rebuilt from Redis or re-queued after a worker died
-    worker_id: str | None = None  # None = queued
     record_retries: int = 0
     confirm: bool = False  # rebuilt from Redis as assigned: re-send the assignment when its worker shows up
     persisted: bool = False  # Redis holds an assignment for it: its JetStream message may be acked at once
+    migrating_from: str | None = None  # the worker that still holds it until it is released at a boundary
 
 
 @dataclass
@@ -63,7 +68,8 @@ class SchedulerService:
         self.nats_cfg = nats_cfg
         self.bus = bus
         self.store = store
-        self.policy = policy
+        self._record = open(cfg.record_path, "a", buffering=1) if cfg.record_path else None
+        self.policy = RecordingCore(policy, self._write_record) if self._record else policy
         self.tel = tel
         self.block_length = block_length
         self.entries: dict[str, _Entry] = {}
@@ -84,6 +90,7 @@ class SchedulerService:
             await self.bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, self.on_planner),
             await self.bus.subscribe(subjects.request_done(), RequestFinished, self.on_done),
             await self.bus.subscribe(subjects.request_commit(), BlockCommitted, self.on_commit),
+            await self.bus.subscribe(subjects.request_released(), RequestReleased, self.on_released),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
             await self.bus.subscribe(subjects.request_offer(), SubmitRequest, self.on_offer),
             await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM, subjects.SCHEDULER_DURABLE,
@@ -104,8 +111,8 @@ class SchedulerService:
                 log.warning("unsubscribe failed: %s", exc)
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=grace_s)
-        for e in self.entries.values():
-            if e.worker_id is None and e.delivery is not None:
+        for rid, e in self.entries.items():
+            if self.policy.instance_of(rid) is None and e.delivery is not None:
                 try:
                     await e.delivery.nak()
                 except Exception as exc:
@@ -113,6 +120,16 @@ class SchedulerService:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._record is not None:
+            self._record.close()
+
+    def _write_record(self, rec: dict) -> None:
+        self._record.write(json.dumps(rec) + "\n")  # type: ignore[union-attr]
+
+    def _applied(self, key: tuple) -> None:
+        """Note a decision carried out (recorded runs only: the fidelity replay checks them)."""
+        if isinstance(self.policy, RecordingCore):
+            self.policy.applied(key, time.time())
 
     async def rebuild(self) -> None:
         """Active requests from Redis: assigned ones keep their worker (given a heartbeat grace period)."""
@@ -121,10 +138,13 @@ class SchedulerService:
             if rec.state in ("cancelled",):
                 continue
             wid = rec.worker_id if rec.state in ("assigned", "running") and rec.worker_id else None
-            self.entries[rec.request_id] = _Entry(rec.submit, request_view(rec.submit, self.block_length), {}, None, wid,
+            view = request_view(rec.submit, self.block_length)
+            self.entries[rec.request_id] = _Entry(rec.submit, view, {}, None,
                                                   confirm=wid is not None, persisted=wid is not None)
-            if wid and wid not in self.workers:
-                self.workers[wid] = _Worker(last_seen_mono=now)
+            self.policy.on_arrival(view, time.time())
+            if wid:
+                self.policy.assign(rec.request_id, wid, time.time())
+                self.workers.setdefault(wid, _Worker(last_seen_mono=now))
         if self.entries:
             log.info("rebuilt %d active requests from Redis", len(self.entries))
             self.kick.set()
@@ -147,7 +167,8 @@ class SchedulerService:
             self._admit(s, headers, None)
 
     def _admit(self, s: SubmitRequest, headers: dict[str, str], delivery: Delivery | None) -> None:
-        self.entries[s.request_id] = _Entry(s, request_view(s, self.block_length), headers, delivery)
+        entry = self.entries[s.request_id] = _Entry(s, request_view(s, self.block_length), headers, delivery)
+        self.policy.on_arrival(entry.view, time.time())
         self.tel.metrics.request_admitted()
         self.kick.set()
 
@@ -159,11 +180,11 @@ class SchedulerService:
         new_capacity = w.hb is None or (w.hb.draining and not hb.draining)
         restarted = w.hb is not None and w.hb.incarnation != hb.incarnation
         w.hb, w.last_seen_mono = hb, time.monotonic()
-        self._observe(hb)
         if restarted:  # same id, new process: it holds none of the requests the old one had
             log.warning("worker %s restarted (incarnation %s)", hb.worker_id, hb.incarnation)
             self._requeue_worker(hb.worker_id, forget=False)
-        elif new_capacity and not hb.draining:
+        self._observe(hb)
+        if not restarted and new_capacity and not hb.draining:
             self._confirm_rebuilt(hb.worker_id)
         if hb.draining:
             self._requeue_worker(hb.worker_id, forget=True)
@@ -174,17 +195,24 @@ class SchedulerService:
         self.planner_seen_mono = time.monotonic()
 
     async def on_done(self, fin: RequestFinished, headers: dict[str, str]) -> None:
-        entry = self.entries.pop(fin.request_id, None)
+        entry = self._forget(fin.request_id)
         if entry is not None:
             self.kick.set()
             await self._ack(entry)
 
     async def on_cancel(self, c: CancelRequest, headers: dict[str, str]) -> None:
         entry = self.entries.get(c.request_id)
-        if entry is None or entry.worker_id is not None:
+        if entry is None or self.policy.instance_of(c.request_id) is not None or entry.migrating_from:
             return  # unknown here, or the worker that holds it finalizes the cancel
-        del self.entries[c.request_id]
+        self._forget(c.request_id)
         await self._finalize_cancel(c.request_id, entry)
+
+    def _forget(self, rid: str) -> _Entry | None:
+        """It is over (finished, cancelled, refused by its worker): out of this service and the core."""
+        entry = self.entries.pop(rid, None)
+        if entry is not None:
+            self.policy.on_finished(rid, time.time())
+        return entry
 
     async def _finalize_cancel(self, rid: str, entry: _Entry) -> None:
         fin = RequestFinished(request_id=rid, status="cancelled", finish_reason="cancelled",
@@ -218,66 +246,74 @@ class SchedulerService:
                 log.exception("placement failed")
 
     def place_once(self) -> None:
-        """One decision of the policy core (shared/policy/scheduling.py): placements → dispatch,
-        changed threshold caps → the workers holding those requests, drops → finished as failed."""
-        now = time.time()
-        self._sync_core(now)
-        out = self.policy.schedule(now)
+        """One decision of the policy core (shared/policy/scheduling.py), applied as the simulator applies
+        it (shared/sim/engine.py): placements with their caps and deadlines → dispatch, migrations → the
+        source worker (it lets go at the next block boundary), changed caps → the workers holding those
+        requests, refusals and drops → answered with a deadline refusal."""
+        out = self.policy.schedule(time.time())
         for p in out.placements:
-            entry = self.entries[p.request_id]
-            entry.worker_id = p.instance_id  # tentative: the load counts at once, reverted on failure
-            asyncio.create_task(self.dispatch(entry, p.instance_id, p.cap))
+            self._applied(("place", p.request_id, p.instance_id, p.cap, p.deadline_s))
+            asyncio.create_task(self.dispatch(self.entries[p.request_id], p.instance_id, p.cap, p.deadline_s))
+        self._migrate(out)
         self._forward_caps(out.caps)
         for rid in out.rejected + out.dropped:
-            entry = self.entries.pop(rid, None)
+            self._applied(("refuse", rid))
+            entry = self.entries.pop(rid, None)  # the core has let it go already
             if entry is not None:
-                asyncio.create_task(self._drop(rid, entry))
+                asyncio.create_task(self._drop(rid, entry, shed=rid in out.dropped))
         self.tel.metrics.queue_depth(self.policy.queue_length())
 
-    def _sync_core(self, now: float) -> None:
-        """Bring the policy core in line with this service's view (entries and live workers) — whatever
-        path changed it (submissions, completions, cancels, re-queues, rebuilds, dead workers)."""
-        core = self.policy
-        live = {wid for wid, w in self.workers.items() if w.hb is not None}
-        for iid in core.instance_ids():
-            if iid not in live:
-                core.on_instance_lost(iid, now)
-        known = set(core.request_ids())
-        for rid in known - self.entries.keys():
-            core.on_finished(rid, now)
-        for rid, e in self.entries.items():
-            if rid not in known:
-                core.on_arrival(e.view, now)
-            held = core.instance_of(rid)
-            if e.worker_id != held:
-                if e.worker_id is None:
-                    core.requeue(rid, now)
-                else:
-                    core.assign(rid, e.worker_id, now)
+    def _migrate(self, out: SchedulerOutput) -> None:
+        for m in out.migrations:
+            entry = self.entries[m.request_id]
+            entry.migrating_from = entry.migrating_from or m.src_instance_id  # who holds it until released
+            msg = MigrateRequest(request_id=m.request_id, dst_worker_id=m.dst_instance_id, issued_s=time.time())
+            asyncio.create_task(self._publish(subjects.worker_migrate(entry.migrating_from), msg))
+            self._applied(("migrate", m.request_id, m.src_instance_id, m.dst_instance_id))
+
+    async def _publish(self, subject: str, msg) -> None:
+        try:
+            await self.bus.publish(subject, msg)
+        except Exception as exc:  # NATS reconnecting: a lost migration leaves the request where it is
+            log.warning("publish on %s failed: %s", subject, exc)
+
+    async def on_released(self, evt: RequestReleased, headers: dict[str, str]) -> None:
+        """A migrating request left its worker at a block boundary: assign it where the core has it now
+        (resuming from the checkpoint). Re-queued meanwhile (its target died): the queue places it."""
+        entry = self.entries.get(evt.request_id)
+        if entry is None or entry.migrating_from != evt.worker_id:
+            return
+        entry.migrating_from = None
+        dst = self.policy.instance_of(evt.request_id)
+        if dst is not None:
+            rid = evt.request_id
+            asyncio.create_task(self.dispatch(entry, dst, self.policy.cap(rid), self.policy.deadline(rid)))
 
     def _observe(self, hb: WorkerHeartbeat) -> None:
         """A heartbeat registers/updates the instance and refits the cost model and step predictor."""
         if hb.draining:
-            return  # re-queued by on_heartbeat; the instance leaves the core at the next sync
-        self.policy.cost.ensure(hb.instance_config)
+            return  # its requests are re-queued by on_heartbeat (_requeue_worker)
         self.policy.on_instance_update(InstanceView(
             hb.worker_id, hb.instance_config, self.cfg.token_budget, False,
             [StepSample(x.tokens, x.latency_s) for x in hb.step_samples],
             [TpsSample(x.threshold, x.tokens, x.steps) for x in hb.tps_samples]), time.time())
 
     async def on_commit(self, evt: BlockCommitted, headers: dict[str, str]) -> None:
-        """Block committed: progress for load control (no live migration: never at a boundary)."""
+        """Block committed: progress for load control, and a block boundary where the request may move
+        (not the last block; not while a migration of it is in transit: the simulator's rule too)."""
         e = self.entries.get(evt.request_id)
-        if e is not None:
-            done = evt.block_index + 1
-            self.policy.on_progress(evt.request_id, min(e.view.output_len, done * evt.block_length), done, False,
-                                    time.time())
+        if e is None or evt.worker_id != (e.migrating_from or self.policy.instance_of(evt.request_id)):
+            return  # re-announced blocks of a resumed request, or a worker that no longer holds it
+        done = evt.block_index + 1
+        committed = min(e.view.output_len, done * evt.block_length)
+        boundary = committed < e.view.output_len and e.migrating_from is None
+        self.policy.on_progress(evt.request_id, committed, done, boundary, time.time())
+        if boundary:
+            self.kick.set()
 
-    async def _drop(self, rid: str, entry: _Entry) -> None:
-        """The policy dropped it while queued (it can no longer make its deadline): finish it as failed."""
-        fin = RequestFinished(request_id=rid, status="failed", finish_reason="error",
-                              error="deadline cannot be met: dropped by the scheduler",
-                              num_prompt_tokens=len(entry.submit.prompt_ids), finished_s=time.time())
+    async def _drop(self, rid: str, entry: _Entry, shed: bool) -> None:
+        """The policy refused it at arrival or shed it while queued: its deadline cannot be met."""
+        fin = deadline_refusal(rid, len(entry.submit.prompt_ids), time.time(), shed=shed)
         try:
             if await self.store.finish(fin, time.time()):
                 await self.bus.publish(subjects.request_done(rid), fin, entry.headers)
@@ -285,34 +321,33 @@ class SchedulerService:
             log.warning("drop of %s not recorded: %s", rid, exc)
         await self._ack(entry)
 
-    def active_tokens(self) -> dict[str, int]:
-        load: dict[str, int] = {}
-        for e in self.entries.values():
-            if e.worker_id is not None:
-                load[e.worker_id] = load.get(e.worker_id, 0) + e.view.full_len
-        return load
+    def _holder(self, rid: str) -> str | None:
+        e = self.entries.get(rid)
+        return (e.migrating_from if e is not None else None) or self.policy.instance_of(rid)
 
     def _forward_caps(self, caps: dict[str, float]) -> None:
+        """Caps of placed requests go to their workers; a queued request's cap rides on its placement."""
         by_worker: dict[str, dict[str, float]] = {}
         for rid, cap in caps.items():
-            e = self.entries.get(rid)
-            if e is not None and e.worker_id is not None:
-                by_worker.setdefault(e.worker_id, {})[rid] = cap
+            self._applied(("caps", rid, cap))
+            wid = self._holder(rid)
+            if wid is not None:
+                by_worker.setdefault(wid, {})[rid] = cap
         for wid, worker_caps in by_worker.items():
             msg = ThresholdCaps(caps=worker_caps, issued_s=time.time())
-            asyncio.create_task(self.bus.publish(subjects.worker_caps(wid), msg))
+            asyncio.create_task(self._publish(subjects.worker_caps(wid), msg))
 
-    async def dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
+    async def dispatch(self, entry: _Entry, worker_id: str, cap: float, deadline_s: float) -> None:
         """Persist the assignment, ack the submission, send the assignment. Any failure (Redis or NATS
         unreachable beyond their clients' retries) puts the request back in the queue."""
         if self.stopping:  # graceful stop under way: leave it queued for the next scheduler
-            entry.worker_id = None
+            self._requeue(entry, delay_s=math.inf)
             return
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
-            await self._dispatch(entry, worker_id, cap)
+            await self._dispatch(entry, worker_id, cap, deadline_s)
         except Exception as exc:
             log.warning("dispatch of %s to %s failed: %r; re-queued", entry.submit.request_id, worker_id, exc)
             self._requeue(entry, delay_s=0.5)
@@ -320,7 +355,7 @@ class SchedulerService:
             if task is not None:
                 self._inflight.discard(task)
 
-    async def _dispatch(self, entry: _Entry, worker_id: str, cap: float) -> None:
+    async def _dispatch(self, entry: _Entry, worker_id: str, cap: float, deadline_s: float) -> None:
         s = entry.submit
         now = time.time()
         entry.confirm = False
@@ -332,7 +367,7 @@ class SchedulerService:
             self._requeue(entry, delay_s=min(0.5, 0.001 * 2 ** min(entry.record_retries, 9)))
             return
         if not done:  # cancelled meanwhile, or already finished / unknown
-            self.entries.pop(s.request_id, None)
+            self._forget(s.request_id)
             if current == "cancelled":
                 await self._finalize_cancel(s.request_id, entry)
             else:
@@ -345,7 +380,8 @@ class SchedulerService:
             span.set_attribute(tn.ATTR_INSTANCE_ID, worker_id)
             headers = self.tel.inject({})
         a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
-                       assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold, deadline_s=s.deadline_s,
+                       assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold,
+                       deadline_s=deadline_s if math.isfinite(deadline_s) else None,
                        priority=s.priority, resume=current != "queued")
         try:
             ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
@@ -363,39 +399,48 @@ class SchedulerService:
                 self._requeue(entry, delay_s=0.05)
             else:  # the worker recorded the failure/cancel and published the result
                 log.info("worker %s refused %s: %s", worker_id, s.request_id, ack.reason)
-                self.entries.pop(s.request_id, None)
+                self._forget(s.request_id)
 
     def _requeue(self, entry: _Entry, delay_s: float = 0.0) -> None:
-        if self.entries.get(entry.submit.request_id) is entry:
-            entry.worker_id = None
-            asyncio.get_running_loop().call_later(delay_s, self.kick.set)
+        """Its placement did not happen: back in the core's queue, placed again after ``delay_s``."""
+        rid = entry.submit.request_id
+        if self.entries.get(rid) is entry:
+            self.policy.requeue(rid, time.time())
+            if math.isfinite(delay_s):
+                asyncio.get_running_loop().call_later(delay_s, self.kick.set)
 
     def _confirm_rebuilt(self, worker_id: str) -> None:
         """After a scheduler restart, requests Redis shows as assigned to this worker are sent to it
         again (resume=True): the scheduler may have died between persisting an assignment and sending
         it. A worker that already holds the request answers "duplicate"; one that does not resumes it
         from its checkpoint."""
-        for e in list(self.entries.values()):
-            if e.confirm and e.worker_id == worker_id:
+        for rid, e in list(self.entries.items()):
+            if e.confirm and self.policy.instance_of(rid) == worker_id:
                 e.confirm = False
-                asyncio.create_task(self.dispatch(e, worker_id, self.cfg.default_threshold_cap))
+                asyncio.create_task(self.dispatch(e, worker_id, self.cfg.default_threshold_cap,
+                                                  self.policy.deadline(rid)))
 
     async def _reconcile(self) -> None:
         """Drop requests that Redis shows finished although their RequestFinished never reached this
         scheduler (published while it was disconnected from NATS): they would hold capacity forever."""
-        ids = [rid for rid, e in self.entries.items() if e.worker_id is not None]
+        ids = [rid for rid in self.entries if self._holder(rid) is not None]
         for rid, state in zip(ids, await self.store.get_states(ids)):
             if state in TERMINAL_STATES:
-                entry = self.entries.pop(rid, None)
+                entry = self._forget(rid)
                 if entry is not None:
                     log.info("%s finished (%s) without a completion event here: dropped", rid, state)
                     self.kick.set()
                     await self._ack(entry)
 
     def _requeue_worker(self, worker_id: str, forget: bool) -> None:
-        moved = [e for e in self.entries.values() if e.worker_id == worker_id]
-        for e in moved:
-            e.worker_id = None
+        """The worker is gone (or restarted empty): the core re-queues what it held; what was migrating
+        off it resumes from its last checkpoint wherever it is placed next."""
+        moved = self.policy.on_instance_lost(worker_id, time.time())
+        for rid, e in self.entries.items():
+            if e.migrating_from == worker_id:
+                e.migrating_from = None
+                self.policy.requeue(rid, time.time())
+                moved.append(rid)
         if forget:
             self.workers.pop(worker_id, None)
         if moved:
@@ -421,7 +466,7 @@ class SchedulerService:
                     log.warning("worker %s missed heartbeats for %.1fs: declared dead", wid, now - w.last_seen_mono)
                     self._requeue_worker(wid, forget=True)
             live = sorted(wid for wid, w in self.workers.items() if w.hb is not None and not w.hb.draining)
-            num_queued = sum(1 for e in self.entries.values() if e.worker_id is None)
+            num_queued = self.policy.queue_length()
             hb = SchedulerHeartbeat(
                 scheduler_id=self.cfg.scheduler_id, worker_ids=live, num_queued=num_queued,
                 num_running=len(self.entries) - num_queued,

@@ -23,6 +23,7 @@ from shared.telemetry import names as tn
 from shared.config import WorkerConfig
 from shared.schemas.cluster import WorkerHeartbeat
 from shared.schemas.engine import DecodeState
+from shared.schemas.migration import MigrateRequest, RequestReleased
 from shared.schemas.requests import (
     Assignment, AssignmentAck, BlockCommitted, CancelRequest, RequestFinished, RequestStats, ThresholdCaps,
 )
@@ -64,6 +65,8 @@ class WorkerService:
         self.meta: dict[str, _Meta] = {}
         self.pending: list[DecodeState] = []
         self.cancels: set[str] = set()
+        self.migrating: dict[str, str] = {}  # request id → its new worker: released at its next block boundary
+        self.at_boundary: set[str] = set()  # requests whose last step finished a block (the next not started)
         self.recent_cancels: dict[str, None] = {}  # insertion-ordered set of cancelled ids
         self._bg: set[asyncio.Task] = set()
         # One dedicated forward thread, niced below the event-loop thread: on a busy CPU the OS then
@@ -75,11 +78,12 @@ class WorkerService:
         self.step_latency_ema_s = 0.0
         self.tokens_per_step_ema = 0.0
         self.num_steps_total = 0
-        if control is None:  # the default policy's τ rule and the small model's cost model (shared/policy/live.py)
-            from shared.policy.live import live_cost_model, live_threshold_params
-            from shared.policy.step_predictor import StepPredictor
-            control = ThresholdControl(live_threshold_params("dilaserve"), live_cost_model("", self.instance_config),
-                                       StepPredictor(), self.instance_config, cfg.block_length)
+        if control is None:  # the policy settings of the environment's configuration (main.py passes its own)
+            from services.worker.device import worker_instance_config
+            from services.worker.threshold_control import worker_threshold_control
+            from shared.config import load_config
+            control = worker_threshold_control(load_config().scheduler, cfg,
+                                               worker_instance_config(cfg, engine.cache_mode))
         self.control = control  # per-request τ each step: the simulator's choose_threshold
         self.incarnation = uuid.uuid4().hex[:12]  # tells the scheduler a restarted process apart from the old one
         self._subs: list = []
@@ -87,13 +91,15 @@ class WorkerService:
 
     @property
     def instance_config(self) -> str:
-        return f"tp1-{self.engine.cache_mode}"
+        """The wire name: model, device kind, TP degree, cache mode (shared/instance_config.py)."""
+        return self.control.config
 
     async def start(self) -> None:
         self._subs = [
             await self.bus.serve(subjects.worker_assign(self.worker_id), Assignment, self.on_assign),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
             await self.bus.subscribe(subjects.worker_caps(self.worker_id), ThresholdCaps, self.on_caps),
+            await self.bus.subscribe(subjects.worker_migrate(self.worker_id), MigrateRequest, self.on_migrate),
         ]
         await self.bus.flush()
         self._tasks = [asyncio.create_task(self.step_loop()), asyncio.create_task(self.heartbeat_loop())]
@@ -193,10 +199,16 @@ class WorkerService:
                 m.threshold = self.control.initial(cap, m.assignment.min_threshold)
                 self.control.set_cap(rid, cap)
 
+    async def on_migrate(self, m: MigrateRequest, headers: dict[str, str]) -> None:
+        if m.request_id in self.meta:
+            self.migrating[m.request_id] = m.dst_worker_id
+            self.wake.set()
+
     # -- the step loop ------------------------------------------------------------------------
     async def step_loop(self) -> None:
         while not self.stopping:
             await self._apply_cancels()
+            await self._release_migrating()
             self._admit()
             if self.engine.num_requests == 0:
                 self.wake.clear()
@@ -213,6 +225,38 @@ class WorkerService:
                 await self._after_step(out)
             except Exception:  # the loop must survive (NATS/Redis blips); results are retried in _finalize
                 log.exception("after-step bookkeeping failed")
+
+    async def _release_migrating(self) -> None:
+        """Let go of migrating requests that sit at a block boundary (or never started here): checkpoint,
+        then tell the scheduler, which assigns them to their new worker (resume from the checkpoint)."""
+        for rid in [r for r in self.migrating if r in self.at_boundary or not self.engine.has(r)]:
+            self.migrating.pop(rid)
+            if self.engine.has(rid):
+                state = self.engine.remove(rid)
+            else:
+                state = next((s for s in self.pending if s.request_id == rid), None)
+                self.pending = [s for s in self.pending if s.request_id != rid]
+            self.at_boundary.discard(rid)
+            if state is None or self.meta.pop(rid, None) is None:
+                continue  # finished or cancelled meanwhile
+            await self._save_checkpoint(state)
+            log.info("released %s at block %d/%d (migrating)", rid, state.block_index, state.num_blocks)
+            evt = RequestReleased(request_id=rid, worker_id=self.worker_id, block_index=state.block_index,
+                                  released_s=time.time())
+            await self._publish_release(evt)
+
+    async def _publish_release(self, evt: RequestReleased) -> None:
+        """The request is held nowhere until the scheduler hears of it: retry as results are retried."""
+        delay_s = 0.05
+        for _ in range(8):
+            try:
+                await self.bus.publish(subjects.request_released(evt.request_id), evt)
+                return
+            except Exception as exc:
+                log.warning("release of %s not published (%s); retrying", evt.request_id, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(1.0, delay_s * 2)
+        log.error("release of %s never published: it resumes only after a scheduler restart", evt.request_id)
 
     def _admit(self) -> None:
         while self.pending and self.engine.num_requests < self.cfg.max_batch:
@@ -245,6 +289,10 @@ class WorkerService:
                 continue
             m.forward_s += out.elapsed_s
             m.thresholds_used.append(r.threshold)
+            if r.block_finished and r.request_id not in finished:
+                self.at_boundary.add(r.request_id)
+            else:
+                self.at_boundary.discard(r.request_id)
             if r.block_finished:
                 state = finished.get(r.request_id) or self.engine.state(r.request_id)
                 self._publish_blocks(state, r.block_index, state.block_index)

@@ -91,6 +91,7 @@ class SchedulerCore:
 
     def on_instance_update(self, inst: InstanceView, now_s: float) -> None:
         """Heartbeat: (re)register the instance and refit the cost model and step predictor."""
+        self.cost.ensure(inst.config)
         for s in inst.step_samples:
             self.cost.observe(inst.config, s.tokens, s.latency_s)
         for t in inst.tps_samples:
@@ -99,7 +100,8 @@ class SchedulerCore:
         cur = self.insts.get(inst.instance_id)
         view = InstanceView(inst.instance_id, inst.config, inst.token_budget, inst.draining)
         if cur is None:
-            self.insts[inst.instance_id] = _Inst(view, budget)
+            self.insts[inst.instance_id] = new = _Inst(view, budget)
+            self._adopt(new)
         else:
             config_changed = cur.view.config != inst.config
             cur.view, cur.budget = view, budget
@@ -109,10 +111,11 @@ class SchedulerCore:
     def on_instance_lost(self, instance_id: str, now_s: float) -> list[str]:
         """Missed heartbeats: requeue its requests (they resume from their committed blocks)."""
         inst = self.insts.pop(instance_id, None)
-        if inst is None:
-            return []
-        self._note_configs()
-        moved = list(inst.members)
+        if inst is None:  # known only from ``assign`` (no heartbeat yet): its requests hold no load
+            moved = [rid for rid, r in self.reqs.items() if r.instance_id == instance_id]
+        else:
+            self._note_configs()
+            moved = list(inst.members)
         for rid in moved:
             r = self.reqs[rid]
             r.instance_id = None
@@ -207,6 +210,13 @@ class SchedulerCore:
         return out
 
     # --- internals ------------------------------------------------------------------------------------
+    def _adopt(self, inst: _Inst) -> None:
+        """A new instance takes on the requests ``assign`` put on it before its first heartbeat."""
+        iid = inst.view.instance_id
+        for r in self.reqs.values():
+            if r.instance_id == iid and r.view.request_id not in inst.members:
+                self._attach(r, inst)
+
     def _note_configs(self) -> None:
         """Does the pool mix configurations? Only then is a request's own time worth computing in
         placement (within one configuration it ranks instances exactly as the step latency does)."""
