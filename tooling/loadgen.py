@@ -4,6 +4,12 @@ Arrivals are Poisson at ``--rps`` (or the inter-arrival times of ``--trace``, re
 each request is sent when its time comes, whether or not earlier ones finished. Prompts are task-suite
 problems (so the answers can be checked). The control-plane overhead of a request is the gateway's
 latency minus the time the request spent on its worker, both read from the response's ``dlm.timings``.
+
+Every request ends as one kind of outcome: served (a 200 with a completion; met its SLO or not),
+refused (503 ``deadline_unmeetable``: the scheduler saw its deadline cannot be met and did not run
+it), an HTTP error (any other status, counted by status code; a 200 whose body is not a completion
+counts under 200), or a connection error (connect/read failure, timeout). SLO attainment is reported
+over all requests (every refusal or error is a miss) and over served requests only.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lab.tasks import check_answer, make_problems
+from lab.tasks import Problem, check_answer, make_problems
+from shared.schemas.requests import DEADLINE_UNMEETABLE
+
+SERVED, REFUSED, HTTP_ERROR, CONNECTION_ERROR = "served", "refused", "http_error", "connection_error"
 
 
 @dataclass
@@ -32,13 +43,19 @@ class Shot:
 
 @dataclass
 class Outcome:
-    ok: bool
+    ok: bool  # served
     latency_s: float = 0.0
     overhead_ms: float | None = None
     timings_ms: dict[str, float] | None = None  # the response's dlm.timings (overhead breakdown)
     slo_met: bool | None = None
     correct: bool | None = None
     error: str = ""
+    kind: str = ""  # SERVED, REFUSED, HTTP_ERROR or CONNECTION_ERROR; derived from ok/http_status if not given
+    http_status: int | None = None  # None: no HTTP answer
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = SERVED if self.ok else HTTP_ERROR if self.http_status is not None else CONNECTION_ERROR
 
 
 def poisson_arrivals(rps: float, duration_s: float, rng: random.Random) -> list[float]:
@@ -103,20 +120,37 @@ async def fire(client, url: str, shot: Shot, slo_ms: float | None) -> Outcome:
     t0 = time.perf_counter()
     try:
         r = await client.post(url + "/v1/completions", json=body)
-        latency = time.perf_counter() - t0
-        if r.status_code != 200:
-            return Outcome(False, latency, error=f"HTTP {r.status_code}: {r.text[:200]}")
-        data = r.json()
-    except Exception as exc:
-        return Outcome(False, time.perf_counter() - t0, error=repr(exc))
-    dlm = data.get("dlm") or {}
-    timings = dlm.get("timings") or {}
-    text = data["choices"][0]["text"]
-    from lab.tasks import Problem
+    except Exception as exc:  # httpx transport errors: connect, read, timeouts, protocol
+        return Outcome(False, time.perf_counter() - t0, error=repr(exc), kind=CONNECTION_ERROR)
+    return response_outcome(r.status_code, r.text, time.perf_counter() - t0, shot, slo_ms)
 
-    return Outcome(True, latency, overhead_ms=timings.get("overhead_ms"), timings_ms=timings,
-                   slo_met=None if slo_ms is None else latency * 1000 <= slo_ms,
-                   correct=check_answer(Problem(shot.task, shot.prompt, shot.answer), text))
+
+def error_code(body_text: str) -> str:
+    """The OpenAI-style ``error.code`` of an error body ('' when there is none)."""
+    try:
+        err = json.loads(body_text).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return str(err.get("code") or "") if isinstance(err, dict) else ""
+
+
+def response_outcome(status: int, body_text: str, latency_s: float, shot: Shot, slo_ms: float | None) -> Outcome:
+    """Classify one HTTP answer (see the module doc)."""
+    if status != 200:
+        code = error_code(body_text)
+        kind = REFUSED if status == 503 and code == DEADLINE_UNMEETABLE else HTTP_ERROR
+        return Outcome(False, latency_s, error=f"HTTP {status}: {body_text[:200]}", kind=kind, http_status=status)
+    try:
+        data = json.loads(body_text)
+        text = data["choices"][0]["text"]
+        timings = (data.get("dlm") or {}).get("timings") or {}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return Outcome(False, latency_s, error=f"HTTP 200 without a completion: {body_text[:200]}",
+                       kind=HTTP_ERROR, http_status=200)
+    return Outcome(True, latency_s, overhead_ms=timings.get("overhead_ms"), timings_ms=timings,
+                   slo_met=None if slo_ms is None else latency_s * 1000 <= slo_ms,
+                   correct=check_answer(Problem(shot.task, shot.prompt, shot.answer), text), kind=SERVED,
+                   http_status=200)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -152,19 +186,38 @@ async def run(args: argparse.Namespace) -> dict:
     return summarize(args, outcomes, wall)
 
 
+def outcome_counts(outcomes: list[Outcome]) -> dict[str, Any]:
+    """How many requests ended each way; ``served_slo_*`` only count requests that carried an SLO."""
+    served = [o for o in outcomes if o.kind == SERVED]
+    http = Counter(o.http_status for o in outcomes if o.kind == HTTP_ERROR)
+    return {
+        "served": len(served),
+        "served_slo_met": sum(1 for o in served if o.slo_met is True),
+        "served_slo_missed": sum(1 for o in served if o.slo_met is False),
+        "refused_deadline_unmeetable": sum(1 for o in outcomes if o.kind == REFUSED),
+        "http_errors_by_status": {str(k): v for k, v in sorted(http.items(), key=lambda kv: kv[0] or 0)},
+        "connection_errors": sum(1 for o in outcomes if o.kind == CONNECTION_ERROR),
+    }
+
+
 def summarize(args: argparse.Namespace, outcomes: list[Outcome], wall_s: float) -> dict:
-    ok = [o for o in outcomes if o.ok]
+    ok = [o for o in outcomes if o.kind == SERVED]
     lat = [o.latency_s for o in ok]
     over = [o.overhead_ms for o in ok if o.overhead_ms is not None]
-    slo = [o.slo_met for o in ok if o.slo_met is not None]
+    met = sum(1 for o in ok if o.slo_met is True)
     correct = [o.correct for o in ok if o.correct is not None]
-    errors = [o.error for o in outcomes if not o.ok]
+    errors = [o.error for o in outcomes if o.kind in (HTTP_ERROR, CONNECTION_ERROR)]
+    counts = outcome_counts(outcomes)
     r = lambda v, n=4: None if v is None else round(v, n)  # noqa: E731
     return {
         "url": args.url, "rps": args.rps, "duration_s": args.duration, "trace": args.trace, "slo_ms": args.slo_ms,
-        "sent": len(outcomes), "completed": len(ok), "errors": len(errors),
-        # Requests that failed count as missed deadlines.
-        "slo_attainment": r(sum(slo) / len(outcomes)) if args.slo_ms and outcomes else None,
+        # completed: served; errors: HTTP and connection errors (a deadline refusal is neither).
+        "sent": len(outcomes), "completed": len(ok), "refused": counts["refused_deadline_unmeetable"],
+        "errors": len(errors), "outcomes": counts,
+        # Over all requests: refused and failed requests count as missed deadlines.
+        "slo_attainment": r(met / len(outcomes)) if args.slo_ms and outcomes else None,
+        # Over served requests only: whether what was served met its deadline.
+        "slo_attainment_served": r(met / len(ok)) if args.slo_ms and ok else None,
         "latency_p50_s": r(percentile(lat, 50)), "latency_p99_s": r(percentile(lat, 99)),
         "latency_mean_s": r(sum(lat) / len(lat) if lat else None),
         "throughput_rps": r(len(ok) / wall_s if wall_s else 0.0, 3),
@@ -207,7 +260,22 @@ def main(args: argparse.Namespace) -> int:
         return 2
     summary = asyncio.run(run(args))
     print_summary(summary, args.json)
+    print("\n".join(outcome_lines(summary)), file=sys.stderr)
     return 0 if summary["errors"] == 0 else 1
+
+
+def outcome_lines(summary: dict) -> list[str]:
+    """The outcome counts and both attainments, for a person (stdout stays JSON)."""
+    c = summary["outcomes"]
+    http = ", ".join(f"{k}: {v}" for k, v in c["http_errors_by_status"].items()) or "none"
+    lines = [f"sent {summary['sent']}: served {c['served']} (SLO met {c['served_slo_met']}, missed "
+             f"{c['served_slo_missed']}), refused 503 {DEADLINE_UNMEETABLE} {c['refused_deadline_unmeetable']}, "
+             f"HTTP errors by status {http}, connection errors {c['connection_errors']}"]
+    if summary["slo_attainment"] is not None:
+        served = summary["slo_attainment_served"]
+        lines.append(f"SLO attainment {summary['slo_attainment']:.4f} over all requests, "
+                     f"{'n/a' if served is None else f'{served:.4f}'} over served requests (served meet their deadline)")
+    return lines
 
 
 def print_summary(summary: dict, json_path: str | None) -> None:
