@@ -9,7 +9,11 @@ import pytest
 
 from shared.schemas.cluster import PlannerHeartbeat
 from shared.schemas.engine import DecodeState
-from shared.schemas.requests import AssignmentAck, CancelRequest, RequestFinished, SubmitRequest
+from shared.schemas.codec import decode, encode
+from shared.schemas.records import TERMINAL_STATES
+from shared.schemas.requests import (
+    DEADLINE_UNMEETABLE, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, deadline_refusal,
+)
 from shared.transport import Bus, Store
 
 
@@ -105,6 +109,32 @@ async def test_store_cancel(store):
     assert await store.cancel("c1", 2.0) == "cancelled"
     assert await store.cancel("unknown", 2.0) == ""
     assert await store.transition("c1", "assigned", ("queued",), 3.0, "w") == (False, "cancelled")
+
+
+async def test_store_keeps_a_deadline_refusal_once(store):
+    await store.create_request(_submit("d1", deadline_s=50.0), 1.0)
+    fin = deadline_refusal("d1", 2, 2.5, shed=True)
+    assert await store.finish(fin, 2.5, token="scheduler-a") is True
+    assert await store.finish(fin, 2.5, token="scheduler-a") is True  # the same finisher retrying
+    late = RequestFinished(request_id="d1", status="failed", finish_reason="error", error="x")
+    assert await store.finish(late, 3.0, token="worker-b") is False  # recorded once: the refusal stays
+    rec = await store.get_record("d1")
+    assert rec.state == "rejected" and rec.state in TERMINAL_STATES and rec.result == fin
+    assert rec.result.error_code == DEADLINE_UNMEETABLE and rec.result.finish_reason == "rejected"
+    assert await store.get_state("d1") == "rejected" and await store.active_requests() == []
+    assert await store.cancel("d1", 4.0) == "rejected"  # terminal: not cancelled over
+    assert (await store.get_record("d1")).state == "rejected"
+
+
+def test_deadline_refusal_round_trips_and_old_results_still_decode():
+    for shed in (False, True):
+        fin = deadline_refusal("r", 3, 1.5, shed)
+        assert decode(encode(fin), RequestFinished) == fin
+        assert fin.status == "rejected" and fin.error_code == DEADLINE_UNMEETABLE and fin.num_prompt_tokens == 3
+        assert "the deadline cannot be met" in fin.error and fin.output_ids == [] and fin.stats is None
+    assert "shed" in deadline_refusal("r", 3, 1.5, True).error
+    old = b'{"type":"request_finished","request_id":"x","status":"failed","finish_reason":"error","error":"e"}'
+    assert decode(old, RequestFinished).error_code == ""
 
 
 async def test_store_bursts_beyond_its_pool_wait_instead_of_failing(redis_url):
