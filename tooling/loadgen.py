@@ -268,9 +268,9 @@ def outcome_lines(summary: dict) -> list[str]:
     """The outcome counts and both attainments, for a person (stdout stays JSON)."""
     c = summary["outcomes"]
     http = ", ".join(f"{k}: {v}" for k, v in c["http_errors_by_status"].items()) or "none"
-    lines = [f"sent {summary['sent']}: served {c['served']} (SLO met {c['served_slo_met']}, missed "
-             f"{c['served_slo_missed']}), refused 503 {DEADLINE_UNMEETABLE} {c['refused_deadline_unmeetable']}, "
-             f"HTTP errors by status {http}, connection errors {c['connection_errors']}"]
+    lines = [(f"sent {summary['sent']}: served {c['served']} (SLO met {c['served_slo_met']}, missed "
+              f"{c['served_slo_missed']}), refused 503 {DEADLINE_UNMEETABLE} {c['refused_deadline_unmeetable']}, "
+              f"HTTP errors by status {http}, connection errors {c['connection_errors']}")]
     if summary["slo_attainment"] is not None:
         served = summary["slo_attainment_served"]
         lines.append(f"SLO attainment {summary['slo_attainment']:.4f} over all requests, "
