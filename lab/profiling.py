@@ -1,7 +1,10 @@
 """`dilaserve profile`: step latency against tokens executed, for refresh and reuse step shapes.
 
 Writes the cost model's input format (DESIGN §4.1):
-{"device": ..., "model": ..., "cache": ..., "points": [{"kind": "refresh"|"reuse", "tokens": int, "latency_s": float}, ...]}
+{"device": ..., "device_kind": ..., "model": ..., "model_name": ..., "cache": ...,
+ "points": [{"kind": "refresh"|"reuse", "tokens": int, "latency_s": float}, ...]}
+by default beside the model, one file per device kind (``models/dilaserve-tiny/profile-cpu.json``): where
+the live cost model of a worker on that device kind reads it (shared/profiles.py).
 
 A refresh point runs `b` full sequences of `seq_len` tokens (tokens = b * seq_len); a reuse point runs
 `b` dual-cache block steps of `block_length` tokens against cached K/V (tokens = b * block_length).
@@ -20,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from services.worker.device import torch_device_kind
 from services.worker.engine.decoding import candidate_tokens
 from services.worker.model import LLaDAConfig, LLaDAModelLM, Segment, default_model_dir, load_model
+from shared.profiles import profile_path
 
 
 def build_model(args: argparse.Namespace) -> tuple[LLaDAModelLM, str]:
@@ -87,7 +92,7 @@ def profile_points(model: LLaDAModelLM, args: argparse.Namespace) -> list[dict]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(default_model_dir()))
     p.add_argument("--shape", choices=["model", "llada-8b"], default="model", help="profile the model dir, or LLaDA-8B's shape with random weights")
-    p.add_argument("--json", required=True)
+    p.add_argument("--json", default="", help="output (default: MODEL/profile-<device kind>.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seq-len", type=int, default=64, help="prompt + canvas tokens per request")
     p.add_argument("--block-length", type=int, default=8)
@@ -96,14 +101,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0)
 
 
+def output_path(args: argparse.Namespace, kind: str) -> Path:
+    if args.json:
+        return Path(args.json)
+    if args.shape != "model":
+        raise SystemExit("--shape llada-8b has no model directory: pass --json")
+    return profile_path(Path(args.model), kind)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    kind = torch_device_kind(args.device)
+    out = output_path(args, kind)
     model, name = build_model(args)
     points = profile_points(model, args)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    payload = {"device": device, "model": name, "cache": "dual", "seq_len": args.seq_len, "block_length": args.block_length, "points": points}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    model_name = Path(args.model).resolve().name if args.shape == "model" else args.shape
+    payload = {"device": device, "device_kind": kind, "model": name, "model_name": model_name, "cache": "dual",
+               "seq_len": args.seq_len, "block_length": args.block_length, "repeats": args.repeats, "points": points}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0

@@ -82,6 +82,9 @@ class SecurityConfig:
         self.api_keys = []  # plaintext is not kept
 
 
+COST_MODELS = ("llada8b-gh200", "tiny-cpu")  # built in (shared/policy/cost_model.py)
+
+
 @dataclass
 class SchedulerConfig:
     scheduler_id: str = "scheduler-0"
@@ -94,14 +97,21 @@ class SchedulerConfig:
     record_wait_s: float = 30.0  # a submission whose Redis record is still missing this long after arrival is dropped
     # Scheduling policy (shared/policy, docs/scheduler.md): fcfs | balance | tedi | dilaserve.
     policy: str = "dilaserve"
-    # Cost model: "" = the small model's `dilaserve profile` JSON at docs/results/profile_cpu.json if
-    # present, else the built-in tiny-CPU default; or "llada8b-gh200" / "tiny-cpu" / a profile JSON path.
+    # Cost model (docs/scheduler.md, "Cost model"): "" = measured `dilaserve profile` curves, one per
+    # device kind, and the conservative prior where a device has none; "llada8b-gh200" / "tiny-cpu" (the
+    # prior alone) are built in. Workers use the same settings.
     cost_model: str = ""
+    # A `dilaserve profile` JSON; "" = every profile-<device kind>.json beside the model (worker.model_dir).
+    cost_profile: str = ""
     budget_step_s: float = 0.5  # per-worker token budget: the most tokens whose step stays under this
     token_budget: int = 0  # > 0: a fixed per-worker token budget instead
     global_slo_s: float = 0.0  # tedi's deployment-wide SLO (needed by tedi only)
     drop_expired: bool = False  # drop queued requests that can no longer make their deadline (as failed)
     lc_period_s: float = 1.0  # load control (threshold caps) period
+
+    def __post_init__(self) -> None:
+        if self.cost_model not in ("", *COST_MODELS):  # a profile path goes in cost_profile
+            raise ValueError(f"scheduler.cost_model must be '' or one of {COST_MODELS}, got {self.cost_model!r}")
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.sim.engine import simulate
-from shared.sim.planner import SimPlannerSpec, peak_factor
+from shared.policy.planner.round import peak_factor
+from shared.sim.planner import SimPlannerSpec
 from shared.sim.replay import ReplayCheck, layout_configs, split_change, window_requests
 from shared.sim.report import summarize
 from shared.sim.workload import SimRequest, phased_rows
@@ -42,8 +43,8 @@ def test_replay_check_vetoes_a_change_that_only_pays_in_steady_state():
     # 30 req/s at a 2.5 s SLO: 2 TP4s and 8 TP1s both meet ~99 %, TP1 at a higher τ. Changing now means
     # the TP1s serve only after the 4 s transition: the replay of the change loses attainment → kept.
     window = _tight(300, 0.03)
-    check = ReplayCheck("dilaserve", "llada8b-gh200", margin=0.02, transition_s=4.0)
-    steady = ReplayCheck("dilaserve", "llada8b-gh200", margin=0.02)
+    check = ReplayCheck(simulate, "dilaserve", "llada8b-gh200", margin=0.02, transition_s=4.0)
+    steady = ReplayCheck(simulate, "dilaserve", "llada8b-gh200", margin=0.02)
     tp4, tp1 = ["tp4", "tp4"], ["tp1"] * 8
     assert steady.outcome(window, tp1).attainment == pytest.approx(steady.outcome(window, tp4).attainment, abs=0.01)
     v = check.judge(window, 9.0, tp4, tp1)

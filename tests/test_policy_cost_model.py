@@ -1,9 +1,9 @@
-import json
-
 import pytest
 
 from shared.policy.cost_model import CostModel, PiecewiseLinear
+from shared.policy.live import live_core, live_cost_model
 from shared.policy.step_predictor import StepPredictor
+from shared.policy.types import InstanceView, StepSample
 
 
 def test_profile_points_and_interpolation():
@@ -36,18 +36,55 @@ def test_online_refit_moves_toward_measurements():
     assert cm.latency("tp2", 3072) == pytest.approx(0.0652)  # other configs untouched
 
 
-def test_from_profile_merges_kinds(tmp_path):
+def test_from_profile_merges_kinds():
     data = {"device": "cpu", "model": "tiny", "points": [
         {"kind": "refresh", "tokens": 64, "latency_s": 0.010},
         {"kind": "reuse", "tokens": 64, "latency_s": 0.012},
         {"kind": "refresh", "tokens": 256, "latency_s": 0.030},
     ]}
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(data))
-    cm = CostModel.named(str(path))
+    cm = CostModel.from_profile(data)
     assert cm.configs == ["tp1"]
     assert cm.latency("tp1", 64) == pytest.approx(0.011)
     assert cm.latency("tp1", 160) == pytest.approx(0.0205)
+    with pytest.raises(ValueError):
+        CostModel.named("some/profile.json")  # paths are read by shared/profiles.py, not the policy
+
+
+CPU = "dilaserve-tiny/cpu/tp1-dual"
+GPU = "dilaserve-tiny/h100/tp1-dual"
+PROFILE = {"device_kind": "cpu", "points": [{"kind": "refresh", "tokens": 8, "latency_s": 0.004},
+                                            {"kind": "refresh", "tokens": 4096, "latency_s": 0.4}]}
+
+
+def test_live_cost_model_uses_profiles_and_the_prior_elsewhere():
+    cm = live_cost_model("", CPU, {CPU: PROFILE})
+    assert cm.configs == [CPU] and cm.latency(CPU, 4096) == pytest.approx(0.4)
+    prior = live_cost_model("", GPU)  # no profile for the device: the conservative prior
+    assert prior.curves[GPU].ys == CostModel.tiny_cpu().curves["tp1"].ys
+    assert live_cost_model("llada8b-gh200", CPU).configs == ["tp1", "tp2", "tp4"]
+
+
+def test_ensure_copies_a_curve_of_the_same_model_and_device():
+    cm = CostModel({"tp1": [(8, 1.0)], CPU: [(8, 0.01)]})
+    cm.ensure("dilaserve-tiny/cpu/tp1-prefix")
+    cm.ensure(GPU)  # no curve of that device: the first configuration's
+    assert cm.latency("dilaserve-tiny/cpu/tp1-prefix", 8) == pytest.approx(0.01)
+    assert cm.latency(GPU, 8) == pytest.approx(1.0)
+
+
+def test_cpu_and_gpu_workers_keep_separate_curves():
+    core = live_core("dilaserve", live_cost_model("", CPU, {CPU: PROFILE}))
+    core.on_instance_update(InstanceView("w-gpu", GPU, 0, False), 0.0)
+    core.on_instance_update(InstanceView("w-cpu", CPU, 0, False), 0.0)
+    cpu_before, gpu_before = core.cost.latency(CPU, 2048), core.cost.latency(GPU, 2048)
+    for t in range(1, 50):  # the GPU runs the same steps 100x faster
+        core.on_instance_update(InstanceView("w-gpu", GPU, 0, False, [StepSample(2048, 0.002)]), float(t))
+    assert core.cost.latency(CPU, 2048) == cpu_before
+    assert core.cost.latency(GPU, 2048) < gpu_before / 2
+    gpu_now = core.cost.latency(GPU, 2048)
+    for t in range(50, 100):
+        core.on_instance_update(InstanceView("w-cpu", CPU, 0, False, [StepSample(2048, 1.0)]), float(t))
+    assert core.cost.latency(GPU, 2048) == gpu_now and core.cost.latency(CPU, 2048) > cpu_before
 
 
 def test_budget_and_throughput():

@@ -23,19 +23,21 @@ def planner_cost_model(cfg):
 
 
 def replay_check(cfg):
-    """``planner.replay_margin >= 0``: judge changed plans by replaying the window with the scheduler's
-    policy and cost model (shared/sim/replay.py); else None."""
+    """``planner.replay_margin >= 0``: the round's confirmation of changed plans, a replay of the window
+    with the scheduler's policy and cost model (shared/sim/replay.py); else None."""
     if cfg.planner.replay_margin < 0:
         return None
     from shared.policy.live import live_policy_kwargs
+    from shared.sim.engine import simulate
     from shared.sim.replay import ReplayCheck
     sc = cfg.scheduler
     knobs = live_policy_kwargs(sc.policy, drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s,
                                lc_period_s=sc.lc_period_s)
     knobs.update(block_len=cfg.worker.block_length, global_slo_s=sc.global_slo_s or None)
-    return ReplayCheck(sc.policy, planner_cost_model(cfg), margin=cfg.planner.replay_margin,
-                       hysteresis=cfg.planner.hysteresis, transition_s=cfg.planner.replay_transition_s,
-                       sim_kwargs=knobs)
+    check = ReplayCheck(simulate, sc.policy, planner_cost_model(cfg), margin=cfg.planner.replay_margin,
+                        hysteresis=cfg.planner.hysteresis, transition_s=cfg.planner.replay_transition_s,
+                        sim_kwargs=knobs)
+    return check.confirm
 
 
 def main(args: argparse.Namespace) -> int:

@@ -2,12 +2,13 @@
 
 receive (the gateway's submissions, a plain core-NATS subscription: JetStream delivers the same messages
 to it without this service ever acking or consuming them) → window of ``ArrivalSample``s → every
-``interval_s`` ``workload_classes`` + ``solve_plan`` in a thread (CPU-bound) → ``Plan`` on
-``subjects.plan_publish()`` and in Redis when it changed → metrics (solve time, objectives, changes).
+``interval_s`` the planning round (``shared.policy.planner.round.plan_round``, the simulated planner's
+own) in a thread (CPU-bound) → ``Plan`` on ``subjects.plan_publish()`` and in Redis when it changed →
+metrics (solve time, objectives, changes).
 
 On CPU the "GPUs" are worker slots: ``planner.nodes`` × ``planner.slots_per_node`` (default: one node
-with ``num_workers`` slots); the configurations offered are ``tp1-<cache>`` (one slot per worker), priced
-by the scheduler's cost model for that configuration.
+with ``num_workers`` slots); the configurations offered are ``planner.configs``, each priced by its own
+curve in the scheduler's cost model (``config_specs`` refuses one the model has no curve for).
 """
 
 from __future__ import annotations
@@ -17,34 +18,26 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import replace
 
 from shared import subjects
 from shared.config import PlannerConfig
-from shared.instance_config import cache_of, tp_of
 from shared.policy.cost_model import CostModel
-from shared.policy.planner.milp import (ArrivalSample, ConfigSpec, Layout, PlannerInput, solve_plan,
-                                        workload_classes)
+from shared.policy.planner.configs import config_specs
+from shared.policy.planner.round import Confirm, RoundInput, RoundKnobs, plan_round
+from shared.policy.planner.types import ArrivalSample, Layout
 from shared.policy.planner.types import Plan as PolicyPlan
 from shared.schemas.cluster import InstanceCount, NodePlan, Plan, PlannerHeartbeat
 from shared.schemas.requests import SubmitRequest
-from shared.sim.replay import ReplayCheck, layout_configs, window_requests
 from shared.telemetry.names import SPAN_PLANNER_SOLVE
 
 log = logging.getLogger("dilaserve.planner")
 
 
-def config_specs(cost: CostModel, names: list[str], budget_step_s: float = 0.0) -> list[ConfigSpec]:
-    """Planner configurations priced by ``cost`` (a name it lacks uses its first curve: on CPU there is
-    one, the tiny model's); ``max_tokens`` = the scheduler's per-worker token budget when given."""
-    out = []
-    for name in names:
-        key = name if name in cost.curves else next(iter(cost.curves))
-        curve = cost.curves[key]
-        cap = float(cost.budget_for(key, budget_step_s)) if budget_step_s > 0 else 0.0
-        out.append(ConfigSpec(name=name, tp=tp_of(name), cache=cache_of(name),
-                              latency=tuple(zip(curve.xs, curve.ys)), max_tokens=cap))
-    return out
+def round_knobs(cfg: PlannerConfig) -> RoundKnobs:
+    """The round's knobs from the ``planner`` settings (the rest at the round's defaults)."""
+    return RoundKnobs(window_s=cfg.window_s, n_classes=cfg.n_classes, utilization=cfg.utilization,
+                      hysteresis=cfg.hysteresis, time_limit_s=cfg.time_limit_s, mip_gap=cfg.mip_gap,
+                      allow_shrink=cfg.allow_shrink)
 
 
 def to_wire(plan: PolicyPlan, now_s: float, plan_id: str | None = None) -> Plan:
@@ -80,7 +73,7 @@ def static_plan(cfg: PlannerConfig, now_s: float) -> Plan:
 
 class PlannerService:
     def __init__(self, cfg: PlannerConfig, bus, store, tel, cost: CostModel, block_length: int,
-                 budget_step_s: float = 0.0, replay: ReplayCheck | None = None) -> None:
+                 budget_step_s: float = 0.0, replay: Confirm | None = None) -> None:
         self.cfg = cfg
         self.bus = bus
         self.store = store
@@ -90,14 +83,17 @@ class PlannerService:
         self.gpus_per_node = [slots] * max(1, cfg.nodes)
         names = [c.strip() for c in (cfg.configs or cfg.instance_config).split(",") if c.strip()]
         self.configs = config_specs(cost, names, budget_step_s)
+        self.knobs = round_knobs(cfg)
         self.window: deque[ArrivalSample] = deque()
+        self.observed_since_s: float | None = None  # set on start: no arrivals were seen before
         self.replay = replay  # planner.replay_margin >= 0: a change must win a replay of the window
         self.plan: Plan | None = None
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self.plan = await self.store.load_plan() or static_plan(self.cfg, time.time())
+        self.observed_since_s = time.time()
+        self.plan = await self.store.load_plan() or static_plan(self.cfg, self.observed_since_s)
         await self._publish(self.plan)
         self._subs = [await self.bus.subscribe(subjects.request_submit(), SubmitRequest, self.on_submit)]
         self._tasks = [asyncio.create_task(self.plan_loop()), asyncio.create_task(self.heartbeat_loop())]
@@ -125,26 +121,23 @@ class PlannerService:
 
     # -- planning -----------------------------------------------------------------------------
     def solve(self, now_s: float) -> PolicyPlan:
-        window = self._trim(now_s)
-        classes = workload_classes(window, self.cfg.window_s, self.cfg.n_classes, self.block_length)
+        return self.round(self._trim(now_s), now_s)
+
+    def round(self, window: list[ArrivalSample], now_s: float) -> PolicyPlan:
+        """The planning round on ``window`` against the plan in force (no I/O: runs in a thread)."""
         current = layout_of(self.plan, len(self.gpus_per_node)) if self.plan is not None else None
-        plan = solve_plan(PlannerInput(
-            classes, self.configs, gpus_per_node=list(self.gpus_per_node), current=current,
-            allow_shrink=self.cfg.allow_shrink, time_limit_s=self.cfg.time_limit_s, mip_gap=self.cfg.mip_gap,
-            hysteresis=self.cfg.hysteresis, utilization=self.cfg.utilization))
-        if plan.changed and self.replay is not None and current is not None:
-            verdict = self.replay.judge(window_requests(window, now_s - self.cfg.window_s, now_s), self.cfg.window_s,
-                                        layout_configs(current.nodes), layout_configs(plan.nodes))
-            plan = replace(plan, changed=verdict.changed, reason=f"{plan.reason}; {verdict.note()}")
-            if not verdict.changed:
-                log.info("proposed %s not taken: %s", plan.instances, verdict.note())
+        plan = plan_round(RoundInput(window, now_s, current, self.configs, list(self.gpus_per_node), self.knobs,
+                                     self.block_length, observed_since_s=self.observed_since_s), self.replay)
+        if not plan.changed:
+            log.debug("layout kept: %s", plan.reason)
         return plan
 
     async def plan_once(self) -> Plan | None:
         """One planning round; returns the published plan when it changed."""
         now = time.time()
+        window = self._trim(now)  # on the loop: on_submit appends to the deque there
         with self.tel.tracer.start_as_current_span(SPAN_PLANNER_SOLVE):
-            result = await asyncio.get_running_loop().run_in_executor(None, self.solve, now)
+            result = await asyncio.get_running_loop().run_in_executor(None, self.round, window, now)
         self.tel.metrics.planner_solve(solve_s=result.solve_s, changed=result.changed,
                                        objectives={k: float(v) for k, v in result.objectives.items()})
         if not result.changed:

@@ -35,6 +35,18 @@ def worker_ids(node: int, slots: int) -> list[str]:
     return [f"worker-{i}" if node == 0 else f"node{node}-worker-{i}" for i in range(slots)]
 
 
+def worker_env(config: str) -> dict[str, str]:
+    """The worker settings a configuration name fixes: its cache mode, and its device when it names one
+    (``cpu``, or a GPU kind: CUDA). The model comes from the node's own worker.model_dir."""
+    from shared.instance_config import InstanceConfig
+
+    ic = InstanceConfig.parse(config)
+    env = {"DILASERVE_WORKER_CACHE_MODE": ic.cache_mode}
+    if ic.device:
+        env["DILASERVE_WORKER_DEVICE"] = "cpu" if ic.device == "cpu" else "cuda"
+    return env
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = setup(args)
     slots = args.slots or cfg.planner.slots_per_node or cfg.planner.num_workers
@@ -46,11 +58,10 @@ def main(args: argparse.Namespace) -> int:
         from services.common.processes import start_service
         from services.planner.service import static_plan
         from services.supervisor.service import Supervisor
-        from shared.instance_config import cache_of
         from shared.transport import Bus, Store
 
         def spawn(worker_id: str, config: str):
-            env = {**os.environ, "DILASERVE_WORKER_CACHE_MODE": cache_of(config)}
+            env = {**os.environ, **worker_env(config)}
             return start_service(worker_id, ["worker", "--worker-id", worker_id], run_dir, env)
 
         bus = await Bus.connect(cfg.nats.url, name=f"supervisor-{args.node}")

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from shared.instance_config import cache_of, tp_of
+from shared.instance_config import InstanceConfig, cache_of, tp_of
+from shared.policy.planner.drain import Running, to_drain
 from shared.schemas.cluster import Plan
 
 log = logging.getLogger("dilaserve.supervisor")
@@ -210,17 +211,16 @@ class Supervisor:
             res = ApplyResult(plan.plan_id)
             want = node_share(plan, self.node)
             for cfg in list(want):
-                if tp_of(cfg) not in SUPPORTED_TP:
+                if InstanceConfig.parse_or_none(cfg) is None or tp_of(cfg) not in SUPPORTED_TP:  # or no configuration
                     res.unsupported[cfg] = want.pop(cfg)
                     log.error("plan %s: %s × %d not supported on this node (no tensor parallelism in a worker)",
                               plan.plan_id, cfg, res.unsupported[cfg])
             have: dict[str, list[Instance]] = {}
             for inst in self.instances.values():
                 have.setdefault(inst.config, []).append(inst)
-            victims: list[Instance] = []
-            for cfg, insts in sorted(have.items()):
-                extra = len(insts) - want.get(cfg, 0)
-                victims += insts[len(insts) - extra:] if extra > 0 else []  # the most recently added go first
+            # the planner's drain rule; this node sees no per-worker load, so the newest go first
+            drain = set(to_drain([Running(i.worker_id, i.config) for i in self.instances.values()], want))
+            victims = [i for i in self.instances.values() if i.worker_id in drain]
             await asyncio.gather(*(self._drain(v, res) for v in victims))
             for cfg, n in sorted(want.items()):
                 for _ in range(n - len(have.get(cfg, []))):

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from services.common.runtime import add_common_arguments, run_until_signal, setup
 
@@ -27,8 +26,9 @@ def main(args: argparse.Namespace) -> int:
         import torch
 
         from services.worker.engine import DenoisingEngine
-        from services.worker.model import default_model_dir, load_model
+        from services.worker.model import load_model
         from services.worker.service import WorkerService
+        from shared.profiles import model_dir
         from shared.telemetry import setup_telemetry
         from shared.transport import Bus, Store
 
@@ -37,19 +37,15 @@ def main(args: argparse.Namespace) -> int:
         # lets the event loop (assignments, cancels, heartbeats) in within ~1 ms instead of 5 ms.
         sys.setswitchinterval(0.001)
         tel = setup_telemetry("worker")
-        model_dir = Path(wcfg.model_dir) if wcfg.model_dir else default_model_dir()
-        model = load_model(model_dir, device=wcfg.device)
+        model = load_model(model_dir(wcfg.model_dir), device=wcfg.device)
         engine = DenoisingEngine(model, cache_mode=wcfg.cache_mode)  # type: ignore[arg-type]
         bus = await Bus.connect(cfg.nats.url, name=worker_id)
         store = await Store.from_config(cfg.redis)
-        from services.worker.threshold_control import ThresholdControl
-        from shared.policy.live import live_cost_model, live_threshold_params
-        from shared.policy.step_predictor import StepPredictor
+        from services.worker.device import worker_instance_config
+        from services.worker.threshold_control import worker_threshold_control
 
-        config = f"tp1-{wcfg.cache_mode}"
-        sc = cfg.scheduler  # the same policy settings as the scheduler's
-        control = ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), live_cost_model(sc.cost_model, config),
-                                   StepPredictor(), config, wcfg.block_length)
+        # The scheduler's policy settings; the configuration names this model, device kind and cache.
+        control = worker_threshold_control(cfg.scheduler, wcfg, worker_instance_config(wcfg, engine.cache_mode))
         svc = WorkerService(wcfg, worker_id, bus, store, engine, tel, control=control)
         await svc.start()
 

@@ -91,7 +91,8 @@ class WorkerService:
 
     @property
     def instance_config(self) -> str:
-        """The wire name: model, device kind, TP degree, cache mode (shared/instance_config.py)."""
+        """The wire name (model/device kind/tp<N>-<cache>, services/worker/device.py): the one the worker's
+        cost model is keyed by, so the scheduler refits the same configuration's curve."""
         return self.control.config
 
     async def start(self) -> None:

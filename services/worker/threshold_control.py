@@ -11,10 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shared.config import SchedulerConfig, WorkerConfig
+from shared.instance_config import InstanceConfig
 from shared.policy.cost_model import CostModel
+from shared.policy.live import live_cost_model, live_threshold_params
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import (ThresholdParams, allowed_thresholds, batch_cost, choose_threshold,
                                      planning_deadline_left)
+from shared.profiles import load_profiles, model_dir
 from shared.schemas.cluster import StepLatencySample, ThresholdTpsSample
 
 MAX_STEP_SAMPLES = 64  # per heartbeat (the newest)
@@ -104,3 +108,12 @@ class ThresholdControl:
         tps = [ThresholdTpsSample(threshold=t, tokens=v[0], steps=v[1]) for t, v in sorted(self._tps.items())]
         self._tps = {}
         return steps, tps
+
+
+def worker_threshold_control(sc: SchedulerConfig, wcfg: WorkerConfig, config: InstanceConfig) -> ThresholdControl:
+    """The worker's controller under the scheduler's policy settings; its cost model starts from the
+    profile measured on this worker's device kind (or the prior: shared/policy/live.py)."""
+    profile = load_profiles(sc.cost_profile, model_dir(wcfg.model_dir)).get(config.device)
+    cost = live_cost_model(sc.cost_model, config.name, {config.name: profile} if profile else None)
+    return ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), cost, StepPredictor(), config.name,
+                            wcfg.block_length)

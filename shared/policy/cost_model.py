@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
-from pathlib import Path
+
+from shared.instance_config import InstanceConfig
 
 # LLaDA-8B-Base, block 32, dual cache, one GH200 (DESIGN §5): tokens -> step latency in ms.
 LLADA8B_GH200_TOKENS = (32, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
@@ -13,10 +13,10 @@ LLADA8B_GH200_MS = {
     "tp2": (37.0, 39.3, 40.2, 41.3, 47.0, 47.2, 46.1, 65.2, 85.0, 124.2, 162.7),
     "tp4": (24.2, 26.5, 25.9, 26.8, 32.7, 32.6, 33.3, 38.3, 49.6, 71.7, 95.2),
 }
-GPUS_PER_CONFIG = {"tp1": 1, "tp2": 2, "tp4": 4, "tp8": 8}
-# The shipped tiny model (services/worker/model, block 8) on one CPU thread: `dilaserve profile
-# --repeats 3 --threads 1` on the 2-core development machine while a training run held both cores
-# (refresh and reuse points merged by token count, ms). A pessimistic default; live heartbeats refit it.
+# The conservative prior of the live cost model (docs/scheduler.md, "Cost model"): the shipped tiny model
+# (services/worker/model, block 8) on one CPU thread while a training run held both cores of the 2-core
+# development machine (`dilaserve profile --repeats 3 --threads 1`, refresh and reuse merged, ms). Slower
+# than any unloaded CPU or GPU run of that model, so budgets start small; heartbeats refit it.
 TINY_CPU_TOKENS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TINY_CPU_MS = (16.5, 17.3, 31.4, 32.8, 53.6, 104.1, 198.1, 447.2, 1008.5, 1834.8)
 
@@ -98,10 +98,20 @@ class CostModel:
         return int(best)
 
     def ensure(self, config: str, like: str | None = None) -> None:
-        """Make ``config`` known: a copy of ``like``'s curve (default: the first configuration)."""
+        """Make ``config`` known: a copy of ``like``'s curve (default: one of the same model and device
+        kind, else the first configuration's)."""
         if config not in self.curves and self.curves:
-            src = self.curves[like if like in self.curves else next(iter(self.curves))]
+            src = self.curves[like if like in self.curves else self._kin(config)]
             self.curves[config] = PiecewiseLinear(list(zip(src.xs, src.ys)))
+
+    def _kin(self, config: str) -> str:
+        """A known configuration on the same model and device kind as ``config`` (else the first)."""
+        me = InstanceConfig.parse_or_none(config)
+        for name in self.curves:
+            other = InstanceConfig.parse_or_none(name)
+            if me is not None and other is not None and (other.model, other.device) == (me.model, me.device):
+                return name
+        return next(iter(self.curves))
 
     def copy(self) -> "CostModel":
         return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate)
@@ -114,28 +124,36 @@ class CostModel:
 
     @classmethod
     def tiny_cpu(cls, config: str = "tp1") -> "CostModel":
-        """Built-in default for the shipped tiny model on CPU (see ``TINY_CPU_MS``)."""
-        return cls({config: [(t, ms / 1000.0) for t, ms in zip(TINY_CPU_TOKENS, TINY_CPU_MS)]})
+        """The conservative prior for the shipped tiny model (see ``TINY_CPU_MS``)."""
+        return cls({config: tiny_cpu_points()})
 
     @classmethod
     def from_profile(cls, data: dict, config: str = "tp1") -> "CostModel":
-        """From ``dilaserve profile`` JSON: refresh and reuse points merged, averaged per token count."""
-        sums: dict[int, list[float]] = {}
-        for p in data.get("points", []):
-            sums.setdefault(int(p["tokens"]), []).append(float(p["latency_s"]))
-        if not sums:
-            raise ValueError("profile has no points")
-        return cls({config: [(t, sum(v) / len(v)) for t, v in sorted(sums.items())]})
+        """From ``dilaserve profile`` data (shared/profiles.py reads the file)."""
+        return cls({config: profile_points(data)})
 
-    @classmethod
-    def from_profile_json(cls, path: str | Path, config: str = "tp1") -> "CostModel":
-        return cls.from_profile(json.loads(Path(path).read_text()), config)
+    BUILT_IN = ("llada8b-gh200", "llada8b_gh200", "tiny-cpu", "tiny_cpu")
 
     @classmethod
     def named(cls, name: str, config: str = "tp1") -> "CostModel":
-        """``llada8b-gh200`` / ``tiny-cpu`` (built in) or a path to a profile JSON (its config is ``config``)."""
+        """``llada8b-gh200`` (its own configurations) or ``tiny-cpu`` (the prior, keyed ``config``)."""
         if name in ("llada8b-gh200", "llada8b_gh200"):
             return cls.llada8b_gh200()
         if name in ("tiny-cpu", "tiny_cpu"):
             return cls.tiny_cpu(config)
-        return cls.from_profile_json(name, config)
+        raise ValueError(f"unknown cost model {name!r} (built in: {', '.join(cls.BUILT_IN)})")
+
+
+def tiny_cpu_points() -> list[tuple[float, float]]:
+    return [(t, ms / 1000.0) for t, ms in zip(TINY_CPU_TOKENS, TINY_CPU_MS)]
+
+
+def profile_points(data: dict) -> list[tuple[float, float]]:
+    """``dilaserve profile`` points as a curve: refresh and reuse merged, averaged per token count."""
+    sums: dict[int, list[float]] = {}
+    for p in data.get("points", []):
+        sums.setdefault(int(p["tokens"]), []).append(float(p["latency_s"]))
+    if not sums:
+        raise ValueError("profile has no points")
+    return [(t, sum(v) / len(v)) for t, v in sorted(sums.items())]
+

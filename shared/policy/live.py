@@ -1,28 +1,30 @@
 """What the live services need to build the policy objects from their settings (plain values in).
 
 The scheduler service builds its ``SchedulerCore`` here; the worker takes the same policy's
-``ThresholdParams`` and cost model for its per-step τ choice (``choose_threshold``).
+``ThresholdParams`` and cost model for its per-step τ choice (``choose_threshold``). Measured profiles
+come in as data (shared/profiles.py reads them).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Mapping
 
-from shared.policy.cost_model import CostModel
+from shared.policy.cost_model import CostModel, profile_points, tiny_cpu_points
 from shared.policy.policies import make_core, policy_params
 from shared.policy.scheduling import SchedulerCore
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import ThresholdParams
 
-# `dilaserve profile --json docs/results/profile_cpu.json` (docs/benchmarks.md) writes the small model's profile here.
-PROFILE_PATH = Path(__file__).resolve().parents[2] / "docs" / "results" / "profile_cpu.json"
 
-
-def live_cost_model(name: str, config: str) -> CostModel:
-    """``""``: the small model's profile if it was written, else the built-in tiny-CPU default."""
-    if not name:
-        return CostModel.from_profile_json(PROFILE_PATH, config) if PROFILE_PATH.exists() else CostModel.tiny_cpu(config)
-    return CostModel.named(name, config)
+def live_cost_model(name: str, config: str, profiles: Mapping[str, dict] | None = None) -> CostModel:
+    """``name`` "" (``scheduler.cost_model``): one curve per measured profile (configuration name →
+    ``dilaserve profile`` data), and ``config`` from the conservative prior when no profile covers it;
+    otherwise a built-in model (``llada8b-gh200``, ``tiny-cpu`` = the prior alone)."""
+    if name:
+        return CostModel.named(name, config)
+    curves = {cfg: profile_points(data) for cfg, data in (profiles or {}).items()}
+    curves.setdefault(config, tiny_cpu_points())
+    return CostModel(curves)
 
 
 def live_policy_kwargs(policy: str, *, drop_expired: bool = False, budget_step_s: float = 0.5,

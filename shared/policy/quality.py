@@ -10,9 +10,6 @@ model's ``dilaserve eval``) replaces it: ``QualityModel.from_points({τ: accurac
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 ACC_ONE_TOKEN = 0.793
 ACC_TAU_09 = 0.785
 EXPONENT = 1.5
@@ -42,9 +39,9 @@ class QualityModel:
         return cls({float(k): float(v) for k, v in points.items()})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "QualityModel":
-        """``{"points": [{"threshold": τ, "accuracy": a}, ...]}`` or a plain ``{τ: a}`` mapping."""
-        data = json.loads(Path(path).read_text())
+    def from_data(cls, data: dict) -> "QualityModel":
+        """``{"points": [{"threshold": τ, "accuracy": a}, ...]}`` or a plain ``{τ: a}`` mapping (parsed JSON:
+        shared/profiles.py reads the file)."""
         if isinstance(data, dict) and "points" in data:
             return cls.from_points({p["threshold"]: p["accuracy"] for p in data["points"]})
         return cls.from_points({float(k): v for k, v in data.items()})

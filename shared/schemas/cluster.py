@@ -22,7 +22,7 @@ class ThresholdTpsSample(Message, tag="threshold_tps_sample"):
 
 class WorkerHeartbeat(Message, tag="worker_heartbeat"):
     worker_id: str
-    instance_config: str  # e.g. "tp1-dual"
+    instance_config: str  # InstanceConfig wire name (shared/instance_config.py): "dilaserve-tiny/cpu/tp1-dual"
     num_active: int
     num_active_tokens: int
     max_batch: int

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from shared.policy.policies import POLICY_NAMES
-from shared.policy.quality import QualityModel
+from shared.profiles import read_quality_model
 from shared.sim.workload import LengthScaling, parse_slo_mix
 
 
@@ -92,7 +92,7 @@ def build_spec(args: argparse.Namespace):
         classes=parse_slo_mix(args.slo_mix), base_latency_s=args.base_latency, burst_cv=args.burst_cv,
         candidates=_floats(args.thresholds), fixed_threshold=args.fixed_threshold, tedi_slo=args.tedi_slo,
         drop=not args.no_drop, reject=args.reject_infeasible, budget_step_s=args.budget_step,
-        quality=QualityModel.from_json(args.quality) if args.quality else None,
+        quality=read_quality_model(args.quality) if args.quality else None,
         planner=_planner_spec(args), phase_rps=_floats(getattr(args, "phase_rps", "") or ""))
 
 

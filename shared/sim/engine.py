@@ -11,14 +11,16 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from shared.policy.cost_model import GPUS_PER_CONFIG, CostModel
+from shared.instance_config import InstanceConfig, tp_of as gpus_of
+from shared.policy.cost_model import CostModel
+from shared.profiles import cost_model_named
 from shared.policy.policies import make_core
 from shared.policy.quality import QualityModel
 from shared.policy.scheduling import SchedulerCore
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.types import InstanceView, RequestView, SchedulerOutput
 from shared.sim.instance import SimInstance, SimReq
-from shared.sim.planner import SimPlanner, SimPlannerSpec
+from shared.sim.planner import Drain, Effect, Launch, SimPlanner, SimPlannerSpec, replay_for
 from shared.sim.workload import SimRequest
 
 ARRIVAL, STEP_END, TICK = 0, 1, 2
@@ -30,8 +32,8 @@ TICK_S = 1.0
 def parse_layout(layout: str, gpus: int) -> list[str]:
     """``tp1``/``tp2``/``tp4``: all instances of one degree; ``mixed``: ½ TP1, ¼ TP2, ¼ TP4 GPUs;
     or explicit ``tp1:8,tp2:2,tp4:1`` (instance counts). Returns one config name per instance."""
-    if layout in GPUS_PER_CONFIG:
-        return [layout] * max(1, gpus // GPUS_PER_CONFIG[layout])
+    if InstanceConfig.parse_or_none(layout):
+        return [layout] * max(1, gpus // gpus_of(layout))
     if layout == "mixed":
         n4, n2 = gpus // 16, gpus // 8
         n1 = gpus - 4 * n4 - 2 * n2
@@ -45,7 +47,7 @@ def parse_layout(layout: str, gpus: int) -> list[str]:
 
 def _cost(cost: str | CostModel) -> CostModel:
     """A fresh model each call: the scheduler core refits its own online, the truth must not move."""
-    return cost.copy() if isinstance(cost, CostModel) else CostModel.named(cost)
+    return cost.copy() if isinstance(cost, CostModel) else cost_model_named(cost)
 
 
 @dataclass(slots=True)
@@ -88,9 +90,12 @@ class Simulator:
         self.planner: SimPlanner | None = None
         if planner is not None:
             candidates = policy_kwargs.get("candidates") or tuple(sorted(StepPredictor(truth_tps).tps, reverse=True))
-            pool = gpus or sum(GPUS_PER_CONFIG[c] for c in configs)
-            self.planner = SimPlanner.create(self, planner, pool, tuple(candidates), truth_tps)
-            self.planner.assign_nodes(self.insts)
+            pool = gpus or sum(gpus_of(c) for c in configs)
+            replay = replay_for(planner, simulate, policy, cost_name, seed, self.replay_kwargs)
+            self.planner = SimPlanner.create(planner, pool, tuple(candidates), truth_tps, self.truth,
+                                             self.core.params.budget_step_s, block_len, replay)
+            for inst, node in zip(self.insts, self.planner.assign_nodes([i.config for i in self.insts])):
+                inst.node, inst.state = node, "live"
 
     def _push(self, t: float, kind: int, arg: int) -> None:
         heapq.heappush(self.events, (t, self._seq, kind, arg))
@@ -198,7 +203,7 @@ class Simulator:
         for m in out.migrations:
             self._start(self.by_id[m.dst_instance_id], now)
         if self.planner is not None:
-            self.planner.reap(now)
+            self._planner_apply(self.planner.reap(self.by_id, now), now)
 
     def _move(self, r: SimReq, src: SimInstance, dst: SimInstance, now: float) -> None:
         src.members.pop(r.request_id, None)
@@ -215,13 +220,35 @@ class Simulator:
     def _planner_event(self, kind: int, arg: int, now: float, last_arrival: float) -> None:
         assert self.planner is not None
         if kind == PLAN:
-            self.planner.plan(now)
+            self._planner_apply(self.planner.plan(self.specs, self.insts, now), now)
             if now + self.planner.spec.interval_s <= last_arrival:
                 self._push(now + self.planner.spec.interval_s, PLAN, 0)
-        elif kind == LAUNCHED:
-            self.planner.on_ready(self.insts[arg], now)
+            return
+        inst = self.insts[arg]
+        if kind == LAUNCHED:
+            if inst.state != "launching":  # drained while loading: it never serves
+                return
+            inst.state = "live"
+            self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), now)
         else:
-            self.planner.on_freed(self.insts[arg], now)
+            inst.state = "gone"
+        self._planner_apply(self.planner.advance(self.insts, now), now)
+
+    def _planner_apply(self, effects: list[Effect], now: float) -> None:
+        """Carry out the planner's effects, in order."""
+        for e in effects:
+            if isinstance(e, Launch):
+                self.add_instance(e.config, e.node, e.ready_s).state = "launching"
+                continue
+            inst = self.by_id[e.instance_id]
+            if isinstance(e, Drain):
+                inst.state = "draining"
+                self.core.on_instance_update(InstanceView(inst.instance_id, inst.config, 0, True), now)
+                continue
+            inst.state = "stopping"
+            if e.lost:
+                self.core.on_instance_lost(inst.instance_id, now)
+            self.schedule_free(inst, e.free_s)
 
     def add_instance(self, config: str, node: int, ready_s: float) -> SimInstance:
         """A launched instance: holds its GPUs now, placeable (registered with the core) at ``ready_s``."""

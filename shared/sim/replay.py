@@ -11,17 +11,27 @@ window after that (the next minutes are assumed to look like the last window). A
 only in steady state but costs capacity now loses the replay. The change goes ahead only if the
 proposal's SLO attainment is higher by at least ``margin`` — or, attainment within ``margin``, its mean
 threshold is higher by ``hysteresis``. The simulated planner and the planner service
-call the same ``ReplayCheck``.
+call the same ``ReplayCheck`` (through ``confirm``, the planning round's second opinion); the simulator
+itself is passed in (``simulate``), since the simulator runs the simulated planner that uses this check.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Protocol, Sequence
 
 from shared.policy.cost_model import CostModel
+from shared.policy.planner.types import Layout
+from shared.sim.instance import SimReq
 from shared.sim.workload import SimRequest
+
+
+class SimulateFn(Protocol):
+    """``shared.sim.engine.simulate``: a run whose ``requests`` are the simulated requests."""
+
+    def __call__(self, policy: str, requests: list[SimRequest], configs: list[str], cost_name: str | CostModel,
+                 seed: int, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,7 @@ class ReplayCheck:
     """Lexicographic like the MILP: attainment first — the proposal must win by ``margin``, or lose by
     less than ``margin`` and then raise the mean threshold by ``hysteresis`` (relative)."""
 
+    simulate: SimulateFn
     policy: str
     cost: CostModel | str  # what the simulator prices steps with (a name or a fitted model)
     margin: float = 0.02
@@ -59,14 +70,15 @@ class ReplayCheck:
                 ready_s: dict[int, float] | None = None) -> ReplayOutcome:
         """How ``requests`` fare on a fresh static cluster of ``configs`` (instance i placeable from
         ``ready_s[i]``, default at once)."""
-        from shared.sim.engine import simulate  # engine imports the simulated planner, which imports us
         if not requests:
             return ReplayOutcome(1.0, 0.0)
         if not configs:
             return ReplayOutcome(0.0, 0.0)
-        res = simulate(self.policy, requests, configs, self.cost, self.seed, ready_s=ready_s, **self.sim_kwargs)
-        met = sum(1 for r in res.requests if r.finish_s is not None and r.finish_s <= r.true_deadline_s + 1e-9)
-        done = [r for r in res.requests if r.finish_s is not None]
+        res = self.simulate(self.policy, requests, configs, self.cost, self.seed, ready_s=ready_s,
+                            **self.sim_kwargs)
+        reqs: list[SimReq] = res.requests
+        met = sum(1 for r in reqs if r.finish_s is not None and r.finish_s <= r.true_deadline_s + 1e-9)
+        done = [r for r in reqs if r.finish_s is not None]
         tokens = sum(r.committed for r in done)
         return ReplayOutcome(met / len(requests), sum(r.tau_tokens for r in done) / tokens if tokens else 0.0)
 
@@ -86,6 +98,13 @@ class ReplayCheck:
         better = gain >= self.margin or (
             gain > -self.margin and res.mean_threshold >= cur.mean_threshold * (1.0 + self.hysteresis) > 0)
         return ReplayVerdict(better, cur, res)
+
+    def confirm(self, window: Sequence, end_s: float, span_s: float, current: Layout,
+                proposed: Layout) -> tuple[bool, str]:
+        """The planning round's ``Confirm``: ``judge`` on the window (end_s − span_s, end_s]."""
+        v = self.judge(window_requests(window, end_s - span_s, end_s), span_s, layout_configs(current.nodes),
+                       layout_configs(proposed.nodes))
+        return v.changed, v.note()
 
 
 def repeated(window: list[SimRequest], window_s: float, copies: int) -> list[SimRequest]:

@@ -10,6 +10,7 @@ from shared.policy.cost_model import CostModel
 from shared.policy.quality import QualityModel
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import batch_cost, time_left
+from shared.profiles import cost_model_named
 from shared.sim.engine import parse_layout, simulate
 from shared.sim.planner import SimPlannerSpec
 from shared.sim.report import latencies, summarize
@@ -146,7 +147,7 @@ def prompt_median(spec: SimSpec) -> float:
 
 
 def run(spec: SimSpec, points: list[tuple[float | None, float]], progress=None) -> tuple[dict, list[dict[str, Trace]]]:
-    cost = CostModel.named(spec.config)
+    cost = cost_model_named(spec.config)
     pm = prompt_median(spec)
     base = base_latency(spec, cost, pm)
     out, raws = [], []

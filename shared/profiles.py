@@ -1,0 +1,80 @@
+"""Measured profiles on disk (``dilaserve profile`` step latency; accuracy vs τ): where they live, reading them.
+
+The policy code (shared/policy) takes the parsed data; this module does the file I/O for the services
+and the simulator. A model's profiles sit beside its weights, one per device kind:
+``models/dilaserve-tiny/profile-cpu.json``, ``.../profile-h100.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from shared.instance_config import device_kind
+from shared.policy.cost_model import CostModel
+from shared.policy.quality import QualityModel
+
+log = logging.getLogger("dilaserve.profiles")
+
+# The shipped model, committed under models/ (services/worker/model.default_model_dir is the same path).
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "dilaserve-tiny"
+PROFILE_GLOB = "profile-*.json"
+
+
+def model_dir(configured: str) -> Path:
+    """``worker.model_dir``; "" = the shipped model."""
+    return Path(configured) if configured else SHIPPED_MODEL_DIR
+
+
+def profile_path(model_dir: Path, kind: str) -> Path:
+    return model_dir / f"profile-{kind}.json"
+
+
+def profile_device_kind(data: dict) -> str:
+    """The device kind a profile was measured on (its ``device_kind``, else derived from ``device``)."""
+    if data.get("device_kind"):
+        return str(data["device_kind"])
+    device = str(data.get("device", ""))
+    return "cpu" if device.startswith("cpu") else device_kind(device)
+
+
+def read_profile(path: Path) -> dict | None:
+    """The profile at ``path``; None (logged) when it is missing or unreadable, so the prior is used."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring cost profile %s: %s", path, exc)
+        return None
+    if not isinstance(data, dict) or not data.get("points"):
+        log.warning("ignoring cost profile %s: no points", path)
+        return None
+    return data
+
+
+def load_profiles(configured: str, model_dir: Path) -> dict[str, dict]:
+    """Device kind → profile: the one ``scheduler.cost_profile`` names, else every one beside the model."""
+    paths = [Path(configured)] if configured else sorted(model_dir.glob(PROFILE_GLOB))
+    out: dict[str, dict] = {}
+    for path in paths:
+        data = read_profile(path)
+        if data is not None:
+            out[profile_device_kind(data)] = data
+    return out
+
+
+def cost_model_named(name: str, config: str = "tp1") -> CostModel:
+    """A built-in cost model by name (``CostModel.named``) or a profile JSON path (keyed ``config``)."""
+    if name in CostModel.BUILT_IN:
+        return CostModel.named(name, config)
+    data = read_profile(Path(name))
+    if data is None:
+        raise ValueError(f"no cost profile at {name!r} (built in: {', '.join(CostModel.BUILT_IN)})")
+    return CostModel.from_profile(data, config)
+
+
+def read_quality_model(path: str) -> QualityModel:
+    """An accuracy-vs-τ JSON (``dilaserve simulate --quality``)."""
+    return QualityModel.from_data(json.loads(Path(path).read_text()))
