@@ -118,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
     points = profile_points(model, args)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
     model_name = Path(args.model).resolve().name if args.shape == "model" else args.shape
-    payload = {"device": device, "device_kind": kind, "model": name, "model_name": model_name, "cache": "dual",
+    payload = {"device": device, "device_kind": kind, "model": model_name if args.shape == "model" else name,
+               "model_name": model_name, "cache": "dual",
                "seq_len": args.seq_len, "block_length": args.block_length, "repeats": args.repeats, "points": points}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
