@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.sim.engine import simulate
 from shared.policy.planner.round import peak_factor
+from shared.sim.engine import simulate
 from shared.sim.planner import SimPlannerSpec
 from shared.sim.replay import ReplayCheck, layout_configs, split_change, window_requests
 from shared.sim.report import summarize

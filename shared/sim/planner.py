@@ -22,8 +22,8 @@ launch never overlaps the instance it replaces.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from shared.instance_config import tp_of
 from shared.policy.cost_model import CostModel
@@ -131,7 +131,7 @@ class SimPlanner:
     @classmethod
     def create(cls, spec: SimPlannerSpec, gpus: int, candidates: tuple[float, ...],
                tps: dict[float, float] | None, cost: CostModel, budget_step_s: float, block_len: int,
-               replay: ReplayCheck | None = None) -> "SimPlanner":
+               replay: ReplayCheck | None = None) -> SimPlanner:
         prior = dict(tps or LLADA_TPS_PRIOR)
         thresholds = {c: prior[c] for c in candidates if c in prior} or prior
         offered = [g for g in spec.configs if g in cost.curves]

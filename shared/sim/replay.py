@@ -18,8 +18,9 @@ itself is passed in (``simulate``), since the simulator runs the simulated plann
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from shared.policy.cost_model import CostModel
 from shared.policy.planner.types import Layout

@@ -8,8 +8,9 @@ check) → the plan to execute, or the layout in force with the reason it is kep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from shared.policy.planner.milp import solve_plan
 from shared.policy.planner.types import ArrivalSample, ConfigSpec, Layout, Plan, PlannerInput
