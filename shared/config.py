@@ -108,6 +108,9 @@ class SchedulerConfig:
     global_slo_s: float = 0.0  # tedi's deployment-wide SLO (needed by tedi only)
     drop_expired: bool = False  # drop queued requests that can no longer make their deadline (as failed)
     lc_period_s: float = 1.0  # load control (threshold caps) period
+    # "": off; a path: every input of the policy core and every decision, as JSON lines (shared/policy/
+    # recording.py), for replaying the live scheduler through the simulator's core (shared/sim/recorded.py)
+    record_path: str = ""
 
     def __post_init__(self) -> None:
         if self.cost_model not in ("", *COST_MODELS):  # a profile path goes in cost_profile
