@@ -121,9 +121,9 @@ class PlannerService:
 
     # -- planning -----------------------------------------------------------------------------
     def solve(self, now_s: float) -> PolicyPlan:
-        return self.round(self._trim(now_s), now_s)
+        return self.run_round(self._trim(now_s), now_s)
 
-    def round(self, window: list[ArrivalSample], now_s: float) -> PolicyPlan:
+    def run_round(self, window: list[ArrivalSample], now_s: float) -> PolicyPlan:
         """The planning round on ``window`` against the plan in force (no I/O: runs in a thread)."""
         current = layout_of(self.plan, len(self.gpus_per_node)) if self.plan is not None else None
         plan = plan_round(RoundInput(window, now_s, current, self.configs, list(self.gpus_per_node), self.knobs,
@@ -137,7 +137,7 @@ class PlannerService:
         now = time.time()
         window = self._trim(now)  # on the loop: on_submit appends to the deque there
         with self.tel.tracer.start_as_current_span(SPAN_PLANNER_SOLVE):
-            result = await asyncio.get_running_loop().run_in_executor(None, self.round, window, now)
+            result = await asyncio.get_running_loop().run_in_executor(None, self.run_round, window, now)
         self.tel.metrics.planner_solve(solve_s=result.solve_s, changed=result.changed,
                                        objectives={k: float(v) for k, v in result.objectives.items()})
         if not result.changed:
