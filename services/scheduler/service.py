@@ -315,11 +315,24 @@ class SchedulerService:
         """The policy refused it at arrival or shed it while queued: its deadline cannot be met."""
         fin = deadline_refusal(rid, len(entry.submit.prompt_ids), time.time(), shed=shed)
         try:
-            if await self.store.finish(fin, time.time()):
+            if await self._record_refusal(fin, entry.submit.arrival_s):
                 await self.bus.publish(subjects.request_done(rid), fin, entry.headers)
         except Exception as exc:
             log.warning("drop of %s not recorded: %s", rid, exc)
         await self._ack(entry)
+
+    async def _record_refusal(self, fin: RequestFinished, arrival_s: float) -> bool:
+        """Record it once. A refusal can come before the gateway's Redis record exists (the gateway writes
+        Redis and NATS concurrently): wait for the record, backing off, as a dispatch does."""
+        delay_s = 0.001
+        while not await self.store.finish(fin, time.time()):
+            state = await self.store.get_state(fin.request_id)
+            if state in TERMINAL_STATES or time.time() - arrival_s > self.cfg.record_wait_s:
+                return False  # finished or cancelled by someone else, or never recorded at all
+            if state == "":  # not written yet; a state other than that appeared since: finish again now
+                await asyncio.sleep(delay_s)
+                delay_s = min(0.5, delay_s * 2)
+        return True
 
     def _holder(self, rid: str) -> str | None:
         e = self.entries.get(rid)
