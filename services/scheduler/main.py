@@ -33,7 +33,7 @@ def scheduler_cost_model(cfg: Config):
         prior = worker_config(name, "cpu", wcfg.cache_mode).name
     else:  # a profiled curve (or, without any, the prior under a device-less name) is the one to copy
         prior = next(iter(profiles), InstanceConfig(cache=wcfg.cache_mode).name)
-    return live_cost_model(sc.cost_model, prior, profiles)
+    return live_cost_model(sc.cost_model, prior, profiles, sc.cost_quantile)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -114,6 +114,7 @@ def worker_threshold_control(sc: SchedulerConfig, wcfg: WorkerConfig, config: In
     """The worker's controller under the scheduler's policy settings; its cost model starts from the
     profile measured on this worker's device kind (or the prior: shared/policy/live.py)."""
     profile = load_profiles(sc.cost_profile, model_dir(wcfg.model_dir)).get(config.device)
-    cost = live_cost_model(sc.cost_model, config.name, {config.name: profile} if profile else None)
+    cost = live_cost_model(sc.cost_model, config.name, {config.name: profile} if profile else None,
+                           sc.cost_quantile)
     return ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), cost, StepPredictor(), config.name,
                             wcfg.block_length)

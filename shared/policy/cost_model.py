@@ -51,9 +51,12 @@ class PiecewiseLinear:
 class CostModel:
     """``latency(config, tokens)`` in seconds; refits online from measured steps (``observe``)."""
 
-    def __init__(self, curves: dict[str, list[tuple[float, float]]], learning_rate: float = 0.05):
+    def __init__(self, curves: dict[str, list[tuple[float, float]]], learning_rate: float = 0.05,
+                 quantile: float | None = None):
         self.curves = {name: PiecewiseLinear(pts) for name, pts in curves.items()}
         self.learning_rate = learning_rate
+        # None: refit toward the mean step latency; q in (0, 1): toward its q-quantile (see _nudge)
+        self.quantile = quantile
 
     @property
     def configs(self) -> list[str]:
@@ -75,14 +78,25 @@ class CostModel:
         if curve is None:
             self.curves[config] = PiecewiseLinear([(tokens, latency_s)])
             return
-        err = latency_s - curve(tokens)
+        step = self._nudge(curve(tokens), latency_s)
         if len(curve.xs) == 1:
-            curve.ys[0] += self.learning_rate * err
+            curve.ys[0] += step
             return
         i, w = curve.segment(tokens)
         w = min(w, 1.0)
-        curve.ys[i] += self.learning_rate * (1.0 - w) * err
-        curve.ys[i + 1] += self.learning_rate * w * err
+        curve.ys[i] += (1.0 - w) * step
+        curve.ys[i + 1] += w * step
+
+    def _nudge(self, predicted_s: float, measured_s: float) -> float:
+        """Least squares toward the measurement; with ``quantile`` q, a pinball-loss step instead (up by
+        q, down by 1 − q, relative to the prediction), which settles where a fraction q of the steps are
+        faster: steps on a shared CPU vary ~2× around their mean, and a deadline planned on the mean
+        step is missed half the time."""
+        err = measured_s - predicted_s
+        if self.quantile is None:
+            return self.learning_rate * err
+        g = self.quantile if err > 0 else self.quantile - 1.0
+        return self.learning_rate * g * max(predicted_s, 1e-6)
 
     def throughput(self, config: str, tokens: float) -> float:
         """Executed tokens per second when every step carries ``tokens``."""
@@ -114,7 +128,8 @@ class CostModel:
         return next(iter(self.curves))
 
     def copy(self) -> "CostModel":
-        return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate)
+        return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate,
+                         self.quantile)
 
     # --- constructors -------------------------------------------------------------------------------
     @classmethod

@@ -16,15 +16,20 @@ from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import ThresholdParams
 
 
-def live_cost_model(name: str, config: str, profiles: Mapping[str, dict] | None = None) -> CostModel:
+def live_cost_model(name: str, config: str, profiles: Mapping[str, dict] | None = None,
+                    quantile: float = 0.0) -> CostModel:
     """``name`` "" (``scheduler.cost_model``): one curve per measured profile (configuration name →
     ``dilaserve profile`` data), and ``config`` from the conservative prior when no profile covers it;
-    otherwise a built-in model (``llada8b-gh200``, ``tiny-cpu`` = the prior alone)."""
+    otherwise a built-in model (``llada8b-gh200``, ``tiny-cpu`` = the prior alone). ``quantile`` > 0:
+    heartbeats refit it toward that quantile of the measured steps (``scheduler.cost_quantile``)."""
     if name:
-        return CostModel.named(name, config)
-    curves = {cfg: profile_points(data) for cfg, data in (profiles or {}).items()}
-    curves.setdefault(config, tiny_cpu_points())
-    return CostModel(curves)
+        cost = CostModel.named(name, config)
+    else:
+        curves = {cfg: profile_points(data) for cfg, data in (profiles or {}).items()}
+        curves.setdefault(config, tiny_cpu_points())
+        cost = CostModel(curves)
+    cost.quantile = quantile or None
+    return cost
 
 
 def live_policy_kwargs(policy: str, *, drop_expired: bool = False, budget_step_s: float = 0.5,

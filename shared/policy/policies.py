@@ -38,7 +38,7 @@ def policy_params(name: str, *, global_slo_s: float | None = None, fixed_thresho
                        global_slo_s=global_slo_s, honour_floor=False)
     elif name == "dilaserve":
         p = CoreParams(order="edf", use_priority=True, migrate=True, threshold=slack, load_control="deadline",
-                       drop_expired=True, shed_threshold=0.7)
+                       drop_expired=True, shed_threshold=0.7, protect_admitted=True)
     else:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
     return replace(p, **overrides) if overrides else p

@@ -21,7 +21,7 @@ def core_snapshot(core: SchedulerCore) -> dict[str, Any]:
     """What a replay needs to build the same core: its switches and its models' current state."""
     return {"kind": "start", "params": asdict(core.params),
             "cost": {n: [list(p) for p in zip(c.xs, c.ys)] for n, c in core.cost.curves.items()},
-            "cost_learning_rate": core.cost.learning_rate,
+            "cost_learning_rate": core.cost.learning_rate, "cost_quantile": core.cost.quantile,
             "tps": {str(t): v for t, v in core.predictor.tps.items()},
             "tps_learning_rate": core.predictor.learning_rate}
 

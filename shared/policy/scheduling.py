@@ -27,6 +27,9 @@ class CoreParams:
     reject_infeasible: bool = False  # refuse at arrival what cannot make its deadline
     optimism: float = 0.8  # feasibility: fastest solo time × optimism must fit
     place_safety: float = 1.1  # drop at placement if expected time there × this misses the deadline
+    # admission: place a request only where the step latency with it added still lets every request already
+    # there that can make its deadline make it (expected steps left at its lowest τ × place_safety)
+    protect_admitted: bool = False
     global_slo_s: float | None = None  # one deployment-wide SLO (tedi): overrides per-request deadlines
     budget_step_s: float = 0.065  # default token budget: most tokens whose step stays under this latency
     load_control: str = "none"  # "none" | "window" | "deadline"
@@ -281,6 +284,8 @@ class SchedulerCore:
             if inst.members and inst.load + r.footprint > inst.budget:
                 continue
             lat = self.cost.latency_envelope(inst.view.config, inst.load + r.footprint)
+            if self.params.protect_admitted and not self._keeps_members(inst, lat, now_s):
+                continue
             if not self._mixed or now_s + (t := self._time_on(r, inst.view.config, inst.load)) <= r.deadline_s:
                 key = (0, lat, inst.load)
             else:
@@ -326,6 +331,17 @@ class SchedulerCore:
         self._queued.discard(rid)
         del self.reqs[rid]
         out.dropped.append(rid)
+
+    def _keeps_members(self, inst: _Inst, step_s: float, now_s: float) -> bool:
+        """Would every member that makes its deadline at the instance's step latency now still make it
+        at ``step_s``? (A member already late at today's latency imposes no constraint: it cannot be
+        saved by refusing others, and would otherwise close the instance to everyone.)"""
+        now_step_s = self.cost.latency_envelope(inst.view.config, inst.load)
+        for rid in inst.members:
+            m = self.reqs[rid]
+            if self._fits_deadline(m, now_step_s, now_s) and not self._fits_deadline(m, step_s, now_s):
+                return False
+        return True
 
     def _fits_deadline(self, r: _Req, step_s: float, now_s: float) -> bool:
         """Expected time at the lowest allowed τ, every step at ``step_s``, × place_safety fits?"""

@@ -23,7 +23,8 @@ def core_from_snapshot(rec: dict[str, Any]) -> SchedulerCore:
     th = dict(p.pop("threshold"))
     th["candidates"] = tuple(th["candidates"])
     params = CoreParams(**p, threshold=ThresholdParams(**th))
-    cost = CostModel({n: [tuple(x) for x in pts] for n, pts in rec["cost"].items()}, rec["cost_learning_rate"])
+    cost = CostModel({n: [tuple(x) for x in pts] for n, pts in rec["cost"].items()}, rec["cost_learning_rate"],
+                     rec["cost_quantile"])
     predictor = StepPredictor({float(t): v for t, v in rec["tps"].items()}, rec["tps_learning_rate"])
     predictor.tps = {float(t): v for t, v in rec["tps"].items()}  # exactly as recorded (no prior defaults)
     return SchedulerCore(params, cost, predictor)
