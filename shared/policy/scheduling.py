@@ -50,6 +50,7 @@ class _Req:
     instance_id: str | None = None
     cap: float = 1.0
     at_boundary: bool = False
+    plan: tuple[int, int, float] = (-1, -1, 0.0)  # (predictor version, committed, steps left at lowest τ)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class SchedulerCore:
         self._rejected: list[str] = []
         self._mixed = False  # instances of more than one configuration (see _note_configs)
         self._seq = 0
+        self._predictor_version = 0  # bumped when heartbeats refit the step predictor (see _steps_at_floor)
         lc = params.load_control
         self.load_controller = None if lc == "none" else LoadController(
             params.threshold.candidates, lc, params.lc_period_s, params.honour_floor)
@@ -99,6 +101,7 @@ class SchedulerCore:
             self.cost.observe(inst.config, s.tokens, s.latency_s)
         for t in inst.tps_samples:
             self.predictor.observe(t.threshold, t.tokens, t.steps)
+        self._predictor_version += bool(inst.tps_samples)
         budget = inst.token_budget or self.cost.budget_for(inst.config, self.params.budget_step_s)
         cur = self.insts.get(inst.instance_id)
         view = InstanceView(inst.instance_id, inst.config, inst.token_budget, inst.draining)
@@ -337,18 +340,28 @@ class SchedulerCore:
         at ``step_s``? (A member already late at today's latency imposes no constraint: it cannot be
         saved by refusing others, and would otherwise close the instance to everyone.)"""
         now_step_s = self.cost.latency_envelope(inst.view.config, inst.load)
+        safety = self.params.place_safety
         for rid in inst.members:
             m = self.reqs[rid]
-            if self._fits_deadline(m, now_step_s, now_s) and not self._fits_deadline(m, step_s, now_s):
+            room, need = m.deadline_s - now_s, safety * self._steps_at_floor(m)
+            if need * now_step_s <= room < need * step_s:
                 return False
         return True
 
     def _fits_deadline(self, r: _Req, step_s: float, now_s: float) -> bool:
         """Expected time at the lowest allowed τ, every step at ``step_s``, × place_safety fits?"""
-        floor = r.view.min_threshold if self.params.honour_floor else 0.0
-        tau = allowed_thresholds(self.params.threshold.candidates, 1.0, floor)[-1]
-        steps = self.predictor.steps_left(r.progress.masked_left(r.view.output_len), tau)
-        return now_s + self.params.place_safety * steps * step_s <= r.deadline_s
+        return now_s + self.params.place_safety * self._steps_at_floor(r) * step_s <= r.deadline_s
+
+    def _steps_at_floor(self, r: _Req) -> float:
+        """Steps left at its lowest allowed τ; cached until its progress or the predictor changes (the
+        admission check asks for every member of an instance at every placement)."""
+        version, committed, steps = r.plan
+        if version != self._predictor_version or committed != r.progress.committed:
+            floor = r.view.min_threshold if self.params.honour_floor else 0.0
+            tau = allowed_thresholds(self.params.threshold.candidates, 1.0, floor)[-1]
+            steps = self.predictor.steps_left(r.progress.masked_left(r.view.output_len), tau)
+            r.plan = (self._predictor_version, r.progress.committed, steps)
+        return steps
 
     def _migrate(self, out: SchedulerOutput, now_s: float) -> None:
         boundary, self._boundary = self._boundary, []
