@@ -1,6 +1,6 @@
 """`dilaserve profile`: step latency against tokens executed, for refresh and reuse step shapes.
 
-Writes the cost model's input format (DESIGN §4.1):
+Writes the cost model's input format (docs/design.md §4.1):
 {"device": ..., "device_kind": ..., "model": ..., "model_name": ..., "cache": ...,
  "points": [{"kind": "refresh"|"reuse", "tokens": int, "latency_s": float}, ...]}
 by default beside the model, one file per device kind (``models/dilaserve-tiny/profile-cpu.json``): where

@@ -16,6 +16,7 @@ def _service(replay_margin: float, transition_s: float) -> PlannerService:
     cfg = Config()
     cfg.planner.num_workers, cfg.planner.slots_per_node = 1, 2
     cfg.planner.replay_margin, cfg.planner.replay_transition_s = replay_margin, transition_s
+    cfg.scheduler.cost_model = "tiny-cpu"  # the replay prices with the prior too, as the MILP below does
     cost = CostModel.tiny_cpu(cfg.planner.instance_config)
     svc = PlannerService(cfg.planner, None, None, None, cost, cfg.worker.block_length,
                          budget_step_s=cfg.scheduler.budget_step_s, replay=replay_check(cfg))

@@ -1,7 +1,7 @@
 """`dilaserve plan-bench`: solve time and MIP gap of the planner MILP on synthetic workloads.
 
 For each GPU count, ``--repeats`` windows of synthetic arrivals (lengths and SLOs drawn around the
-DESIGN §5 setup, load swept from ``--load`` low to high) are binned into ``--classes`` classes and
+docs/design.md §5 setup, load swept from ``--load`` low to high) are binned into ``--classes`` classes and
 planned in sequence, each against the previous plan as the current layout (so hysteresis and placement
 run too, as in the live loop). ``solve_s`` is the CPU time of the ``solve_plan`` call (HiGHS runs one
 thread, so on an idle core this is its wall time); ``wall_s`` is recorded beside it because a busy
@@ -26,7 +26,7 @@ from shared.policy.planner.types import (
 )
 from shared.policy.planner.workload import workload_classes
 
-BASE_S_PER_256 = 1.9  # GSM8K base latency for 256 output tokens (DESIGN §5)
+BASE_S_PER_256 = 1.9  # GSM8K base latency for 256 output tokens (docs/design.md §5)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

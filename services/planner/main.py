@@ -16,10 +16,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def planner_cost_model(cfg):
-    """The scheduler's cost model for the workers' configuration (the planner prices what they run)."""
+    """The scheduler's cost model under the planner's configuration name: the CPU workers' measured
+    profile beside the model when there is one, else the prior (the planner prices what they run)."""
     from shared.policy.live import live_cost_model
+    from shared.profiles import load_profiles, model_dir
 
-    return live_cost_model(cfg.scheduler.cost_model, cfg.planner.instance_config)
+    sc, name = cfg.scheduler, cfg.planner.instance_config
+    data = load_profiles(sc.cost_profile, model_dir(cfg.worker.model_dir)).get("cpu")
+    cpu = cfg.worker.device.startswith("cpu")
+    return live_cost_model(sc.cost_model, name, {name: data} if data and cpu else None, sc.cost_quantile)
 
 
 def replay_check(cfg):

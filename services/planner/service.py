@@ -1,4 +1,4 @@
-"""Planner service (DESIGN §4.5): keep the arrival window, solve the MILP every ``interval_s``, publish plans.
+"""Planner service (docs/design.md §4.5): keep the arrival window, solve the MILP every ``interval_s``, publish plans.
 
 receive (the gateway's submissions, a plain core-NATS subscription: JetStream delivers the same messages
 to it without this service ever acking or consuming them) → window of ``ArrivalSample``s → every

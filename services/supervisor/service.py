@@ -1,4 +1,4 @@
-"""Node supervisor: the plan executor (DESIGN §3, §4.5). Turns the planner's ``Plan`` into worker processes.
+"""Node supervisor: the plan executor (docs/design.md §3, §4.5). Turns the planner's ``Plan`` into worker processes.
 
 On a new plan the supervisor of node ``n`` compares ``plan.nodes[n]`` (instances per configuration) with
 the workers it runs and:

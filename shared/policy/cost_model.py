@@ -1,4 +1,4 @@
-"""Step-latency cost model (DESIGN §4.1): piecewise-linear in tokens executed, per configuration."""
+"""Step-latency cost model (docs/design.md §4.1): piecewise-linear in tokens executed, per configuration."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from bisect import bisect_right
 
 from shared.instance_config import InstanceConfig
 
-# LLaDA-8B-Base, block 32, dual cache, one GH200 (DESIGN §5): tokens -> step latency in ms.
+# LLaDA-8B-Base, block 32, dual cache, one GH200 (docs/design.md §5): tokens -> step latency in ms.
 LLADA8B_GH200_TOKENS = (32, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 LLADA8B_GH200_MS = {
     "tp1": (26.8, 25.2, 24.5, 27.7, 32.9, 48.3, 62.0, 92.7, 121.4, 177.8, 235.9),

@@ -1,4 +1,4 @@
-"""Load control (DESIGN §4.4): per-request threshold caps so that the demand fits the supply.
+"""Load control (docs/design.md §4.4): per-request threshold caps so that the demand fits the supply.
 
 Two rules, selected by ``LoadController.mode``:
 - ``"window"`` — the published rule: one SLO window; requests sorted by progress (most advanced first)

@@ -1,4 +1,4 @@
-"""Policies by name → a configured ``SchedulerCore`` (DESIGN §7). The rules live in the core; a policy is
+"""Policies by name → a configured ``SchedulerCore`` (docs/design.md §7). The rules live in the core; a policy is
 only a choice of switches, so no scheduling rule exists twice.
 
 - ``fcfs``: FCFS order, fixed τ, no migration (INFaaS-like baseline).

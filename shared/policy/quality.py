@@ -1,6 +1,6 @@
 """Estimated accuracy as a function of τ (for reports; the MILP's quality objective uses τ directly).
 
-Default: LLaDA-8B-Instruct GSM8K anchors (DESIGN §5): 79.3 % at one token per step (τ = 1.0) and
+Default: LLaDA-8B-Instruct GSM8K anchors (docs/design.md §5): 79.3 % at one token per step (τ = 1.0) and
 78.5 % at τ = 0.9. Below 0.9 we extrapolate with an accelerating loss
 ``acc(τ) = acc(1) − a·(1 − τ)^1.5`` fitted through both anchors (a ≈ 25.3 points), which gives
 ≈ 77.0 % at 0.8, ≈ 75.1 % at 0.7, ≈ 70.4 % at 0.5: an assumption (losses grow as more low-confidence

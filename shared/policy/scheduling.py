@@ -1,4 +1,4 @@
-"""SchedulerCore (DESIGN §4.2): admission, EDF/FCFS order, placement, block-boundary migration,
+"""SchedulerCore (docs/design.md §4.2): admission, EDF/FCFS order, placement, block-boundary migration,
 feasibility (reject / queued drop) and the load controller's caps. Pure: the caller passes ``now_s``.
 
 Live use (scheduler service) and the simulator call exactly this:
@@ -272,7 +272,7 @@ class SchedulerCore:
         r.instance_id = None
 
     def _best_instance(self, r: _Req, now_s: float, exclude: str | None = None) -> tuple[_Inst | None, float]:
-        """DESIGN §4.2's lowest resulting step latency among instances with room (an empty instance always
+        """docs/design.md §4.2's lowest resulting step latency among instances with room (an empty instance always
         has room), ties to the least loaded — but first among the instances where the request, at its lowest
         allowed τ, would still make its deadline (``_time_on``); if none, where it finishes soonest. Within
         one configuration this is the plain rule (time and step latency both grow with the load). Across

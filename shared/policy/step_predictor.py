@@ -1,8 +1,8 @@
-"""Steps left at each threshold τ (DESIGN §4.1): masked_left / tokens_per_step(τ), learned online."""
+"""Steps left at each threshold τ (docs/design.md §4.1): masked_left / tokens_per_step(τ), learned online."""
 
 from __future__ import annotations
 
-# LLaDA, dual cache, 256-token outputs (DESIGN §5): committed tokens per step at each τ.
+# LLaDA, dual cache, 256-token outputs (docs/design.md §5): committed tokens per step at each τ.
 LLADA_TPS_PRIOR = {0.9: 3.02, 0.8: 3.89, 0.7: 4.77, 0.6: 5.65, 0.5: 6.58}
 ONE_TOKEN_THRESHOLD = 1.0  # τ = 1.0 means one token per step
 

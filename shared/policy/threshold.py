@@ -1,4 +1,4 @@
-"""Per-request threshold choice (DESIGN §4.3): the highest τ whose predicted time left fits the deadline.
+"""Per-request threshold choice (docs/design.md §4.3): the highest τ whose predicted time left fits the deadline.
 
 Called by the worker's step loop live and by the simulated instance in ``shared.sim``: the same function.
 """
@@ -76,7 +76,7 @@ def choose_threshold(
     predictor: StepPredictor,
     params: ThresholdParams,
 ) -> float:
-    """τ for one request for the next step (DESIGN §4.3).
+    """τ for one request for the next step (docs/design.md §4.3).
 
     ``deadline_left_s`` should come from ``planning_deadline_left`` (it carries the safety margin).
     No candidate fits → the lowest allowed τ (the feasibility rule).

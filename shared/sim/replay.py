@@ -1,4 +1,4 @@
-"""Replay check for planner proposals (issue 5): is the proposed layout better in the simulator?
+"""Replay check for planner proposals: is the proposed layout better in the simulator?
 
 The planner's MILP is a fluid model: it has no queues, so it misjudges bursts — on the code trace's
 bursts it proposes all-TP1 "to serve more tokens" while, with queues and deadlines, long prompts then

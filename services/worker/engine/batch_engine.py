@@ -1,6 +1,6 @@
 """Step-level batch engine: add/remove requests between steps, ``step()`` runs ONE denoising step.
 
-A step is heterogeneous: each request takes the step shape it needs (DESIGN §3.3) —
+A step is heterogeneous: each request takes the step shape it needs (docs/design.md §3.3) —
 - cache "none":   every step runs the full sequence (kind "refresh", nothing cached);
 - cache "dual":   block start = full refresh that keeps K/V for all positions; later steps of the block
                   run only the block's tokens, overwriting their K/V slots (kind "reuse");

@@ -1,4 +1,4 @@
-"""Commit rules (DESIGN §3.2): which masked positions of the current block to unmask this step.
+"""Commit rules (docs/design.md §3.2): which masked positions of the current block to unmask this step.
 
 All rules are greedy: the candidate token at a position is argmax(logits), its confidence the softmax
 probability of that token.

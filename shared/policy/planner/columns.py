@@ -5,7 +5,7 @@ carries b such requests at a time. Its constants (docs/planner.md §Columns):
 
     n_k    = ⌈O_k / B⌉                                  refresh steps per request (fixed)
     U_kc   = max(0, O_k / T_c − n_k)                    reuse steps per request
-    t_j    = n_k · L_g(b · F_k) + U_kc · L_g(b · r_kg)  time of one request (DESIGN §4.1, pessimistic:
+    t_j    = n_k · L_g(b · F_k) + U_kc · L_g(b · r_kg)  time of one request (docs/design.md §4.1, pessimistic:
                                                         when one request refreshes, all b do)
     w_j    = t_j / b                                    instance-seconds per request on g
     σ_j    = (S'_k − t_j) / S'_k,  S'_k = slo_margin·S_k   relative SLO slack

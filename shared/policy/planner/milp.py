@@ -1,4 +1,4 @@
-"""Reconfiguration planner MILP (DESIGN §4.5, issue 5), solved with HiGHS; see docs/planner.md.
+"""Reconfiguration planner MILP (docs/design.md §4.5), solved with HiGHS; see docs/planner.md.
 
 Pure: takes a ``PlannerInput`` and returns a ``Plan``; deterministic (HiGHS, one thread); never reads
 the clock (solve time is HiGHS's own run timer). Variables, with the names of docs/planner.md:
@@ -43,7 +43,7 @@ INF = highspy.kHighsInf
 def default_configs(tps: tuple[int, ...] = (1, 2, 4), caches: tuple[str, ...] = ("dual",),
                     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
                     cost_model: CostModel | None = None) -> list[ConfigSpec]:
-    """Configurations ``tp{d}-{cache}`` from the DESIGN §5 GH200 LLaDA-8B profile (or ``cost_model``).
+    """Configurations ``tp{d}-{cache}`` from the docs/design.md §5 GH200 LLaDA-8B profile (or ``cost_model``).
 
     The profile was measured with dual cache; latency is a function of tokens executed, so the same
     curve prices prefix/no-cache steps through their larger token counts (planner_columns.reuse_tokens).

@@ -1,4 +1,4 @@
-"""Plain data in and out of the reconfiguration planner (DESIGN §4.5); see docs/planner.md.
+"""Plain data in and out of the reconfiguration planner (docs/design.md §4.5); see docs/planner.md.
 
 Everything here is a frozen/plain dataclass: the planner takes these and returns these, nothing else.
 Names match the MILP in docs/planner.md: class k, threshold c, configuration g, batch b, node n.

@@ -1,4 +1,4 @@
-"""Workload classes k from a window of arrivals (DESIGN §4.5): deterministic median splits.
+"""Workload classes k from a window of arrivals (docs/design.md §4.5): deterministic median splits.
 
 Each arrival is a point (log prompt_len, log output_len, log slo_s). Starting from one group, the group
 with the largest (count × widest log-range) is split at the median of its widest dimension until there
