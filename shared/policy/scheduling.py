@@ -279,23 +279,25 @@ class SchedulerCore:
         configurations the step latency of an averaged footprint hides the refresh steps — a 4k-token
         request's mean footprint is ~400 tokens, where TP1 and TP4 step equally fast, while its 8 refreshes
         take 121 ms on TP1 and 50 ms on TP4 — so the deadline decides first, then the plain rule spreads
-        the load. Returns the instance and its resulting step latency."""
-        best, best_key, best_lat = None, None, float("inf")
-        for inst in self.insts.values():
+        the load. With ``protect_admitted``, the best instance whose members stay on time (checked in
+        rank order: the check walks the members). Returns the instance and its resulting step latency."""
+        ranked = []
+        for k, inst in enumerate(self.insts.values()):
             if inst.view.draining or inst.view.instance_id == exclude:
                 continue
             if inst.members and inst.load + r.footprint > inst.budget:
                 continue
             lat = self.cost.latency_envelope(inst.view.config, inst.load + r.footprint)
-            if self.params.protect_admitted and not self._keeps_members(inst, lat, now_s):
-                continue
             if not self._mixed or now_s + (t := self._time_on(r, inst.view.config, inst.load)) <= r.deadline_s:
                 key = (0, lat, inst.load)
             else:
                 key = (1, t, inst.load)
-            if best_key is None or key < best_key:
-                best, best_key, best_lat = inst, key, lat
-        return best, best_lat
+            ranked.append((key, k, inst, lat))
+        ranked.sort(key=lambda c: (c[0], c[1]))
+        for _, _, inst, lat in ranked:
+            if not self.params.protect_admitted or self._keeps_members(inst, lat, now_s):
+                return inst, lat
+        return None, float("inf")
 
     def _time_on(self, r: _Req, config: str, others_load: float) -> float:
         """Expected time left for ``r`` at its lowest allowed τ (what the worker falls back to when the
@@ -340,6 +342,8 @@ class SchedulerCore:
         at ``step_s``? (A member already late at today's latency imposes no constraint: it cannot be
         saved by refusing others, and would otherwise close the instance to everyone.)"""
         now_step_s = self.cost.latency_envelope(inst.view.config, inst.load)
+        if step_s <= now_step_s:  # the step is no slower with it (a flat stretch of the curve)
+            return True
         safety = self.params.place_safety
         for rid in inst.members:
             m = self.reqs[rid]
