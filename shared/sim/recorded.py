@@ -26,7 +26,7 @@ def core_from_snapshot(rec: dict[str, Any]) -> SchedulerCore:
     cost = CostModel({n: [tuple(x) for x in pts] for n, pts in rec["cost"].items()}, rec["cost_learning_rate"],
                      rec["cost_quantile"])
     predictor = StepPredictor({float(t): v for t, v in rec["tps"].items()}, rec["tps_learning_rate"])
-    predictor.tps = {float(t): v for t, v in rec["tps"].items()}  # exactly as recorded (no prior defaults)
+    predictor.set_table({float(t): v for t, v in rec["tps"].items()})  # exactly as recorded (no prior defaults)
     return SchedulerCore(params, cost, predictor)
 
 
