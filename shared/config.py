@@ -109,7 +109,12 @@ class SchedulerConfig:
     budget_step_s: float = 0.5  # per-worker token budget: the most tokens whose step stays under this
     token_budget: int = 0  # > 0: a fixed per-worker token budget instead
     global_slo_s: float = 0.0  # tedi's deployment-wide SLO (needed by tedi only)
-    drop_expired: bool = False  # drop queued requests that can no longer make their deadline (as failed)
+    # dilaserve sheds queued requests that can no longer make their deadline (answered 503
+    # deadline_unmeetable, docs/api.md), as the simulator's dilaserve does; false: they run late instead
+    drop_expired: bool = True
+    # dilaserve: expected time × this must fit a deadline to place a request (0 = the policy's 1.1);
+    # higher refuses more and serves more of what it admits on time (docs/benchmarks.md)
+    place_safety: float = 0.0
     lc_period_s: float = 1.0  # load control (threshold caps) period
     # "": off; a path: every input of the policy core and every decision, as JSON lines (shared/policy/
     # recording.py), for replaying the live scheduler through the simulator's core (shared/sim/recorded.py)

@@ -37,7 +37,7 @@ def replay_check(cfg):
     from shared.sim.replay import ReplayCheck
     sc = cfg.scheduler
     knobs = live_policy_kwargs(sc.policy, drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s,
-                               lc_period_s=sc.lc_period_s)
+                               lc_period_s=sc.lc_period_s, place_safety=sc.place_safety)
     knobs.update(block_len=cfg.worker.block_length, global_slo_s=sc.global_slo_s or None)
     check = ReplayCheck(simulate, sc.policy, planner_cost_model(cfg), margin=cfg.planner.replay_margin,
                         hysteresis=cfg.planner.hysteresis, transition_s=cfg.planner.replay_transition_s,

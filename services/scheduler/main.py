@@ -50,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
         store = await Store.from_config(cfg.redis)
         sc = cfg.scheduler
         policy = live_core(sc.policy, scheduler_cost_model(cfg), global_slo_s=sc.global_slo_s,
-                           drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s, lc_period_s=sc.lc_period_s)
+                           drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s, lc_period_s=sc.lc_period_s,
+                           place_safety=sc.place_safety)
         log.info("scheduling policy %s", sc.policy)
         svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length)
         await svc.start()

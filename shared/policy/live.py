@@ -32,21 +32,23 @@ def live_cost_model(name: str, config: str, profiles: Mapping[str, dict] | None 
     return cost
 
 
-def live_policy_kwargs(policy: str, *, drop_expired: bool = False, budget_step_s: float = 0.5,
-                       lc_period_s: float = 1.0) -> dict:
+def live_policy_kwargs(policy: str, *, drop_expired: bool = True, budget_step_s: float = 0.5,
+                       lc_period_s: float = 1.0, place_safety: float = 0.0) -> dict:
     """The scheduler settings that override the policy's defaults (``policy_params`` keywords): the live
-    scheduler's core and the planner's replay of a window (shared/sim/replay.py) use the same ones."""
+    scheduler's core and the planner's replay of a window (shared/sim/replay.py) use the same ones.
+    ``place_safety`` 0 keeps the policy's own."""
     kwargs: dict = {"budget_step_s": budget_step_s, "lc_period_s": lc_period_s}
     if policy == "dilaserve":  # the other policies never drop: their switch stays off
         kwargs["drop_expired"] = drop_expired
+    if place_safety > 0:
+        kwargs["place_safety"] = place_safety
     return kwargs
 
 
-def live_core(policy: str, cost: CostModel, *, global_slo_s: float = 0.0, drop_expired: bool = False,
-              budget_step_s: float = 0.5, lc_period_s: float = 1.0) -> SchedulerCore:
-    kwargs = live_policy_kwargs(policy, drop_expired=drop_expired, budget_step_s=budget_step_s,
-                                lc_period_s=lc_period_s)
-    return make_core(policy, cost, StepPredictor(), global_slo_s=global_slo_s or None, **kwargs)
+def live_core(policy: str, cost: CostModel, *, global_slo_s: float = 0.0, **settings) -> SchedulerCore:
+    """``settings``: the keywords of ``live_policy_kwargs``."""
+    return make_core(policy, cost, StepPredictor(), global_slo_s=global_slo_s or None,
+                     **live_policy_kwargs(policy, **settings))
 
 
 def live_threshold_params(policy: str, global_slo_s: float = 0.0) -> ThresholdParams:
