@@ -128,10 +128,10 @@ def test_slo_fields_in_dlm(cluster):
     assert dlm["slo_ms"] == 60000 and dlm["priority"] == 3 and dlm["min_threshold"] == 0.95
     assert dlm["deadline_met"] is True and dlm["thresholds_used"] == [0.95]
     assert abs(dlm["deadline_s"] - (r.json()["created"] + 60)) < 2
-    # header form, and a deadline that cannot be met
+    # header form, and a deadline that cannot be met: refused (dilaserve sheds it), not run late
     r = _post(cluster, "/v1/completions", {"prompt": "12+34=", "max_tokens": 8}, headers={"x-slo-ms": "1"})
-    dlm = r.json()["dlm"]
-    assert dlm["slo_ms"] == 1 and dlm["deadline_met"] is False
+    assert r.status_code == 503 and r.json()["error"]["code"] == "deadline_unmeetable", r.text
+    assert "slo_ms=1" in r.json()["error"]["message"] and int(r.headers["retry-after"]) >= 1
     # top level works too; the dlm object wins over it
     r = _post(cluster, "/v1/completions", {"prompt": "1+1=", "max_tokens": 8, "slo_ms": 5000, "dlm": {"slo_ms": 7000}})
     assert r.json()["dlm"]["slo_ms"] == 7000

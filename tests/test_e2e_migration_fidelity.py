@@ -18,13 +18,11 @@ import asyncio
 import json
 import os
 import signal
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from services.common.processes import free_port, service_env, start_nats, start_redis, start_service, wait_port
+from private_cluster import PrivateCluster, stop
 from shared import subjects
 from shared.schemas.migration import RequestReleased
 from shared.sim.recorded import applied_mismatches, replay
@@ -39,65 +37,9 @@ def _prompt(i: int) -> str:
     return f"rev:{word}="
 
 
-def _stop(proc, grace_s: float = 15.0) -> None:
-    if proc.popen.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=grace_s)
-        except Exception:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.popen.wait()
-
-
-class _Cluster:
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        nats_port, redis_port, self.port = free_port(), free_port(), free_port()
-        self.infra = [start_nats(run_dir, nats_port), start_redis(run_dir, redis_port)]
-        for p, port in zip(self.infra, (nats_port, redis_port)):
-            wait_port(port, 30, p)
-        self.nats_url = f"nats://127.0.0.1:{nats_port}"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = service_env(self.nats_url, f"redis://127.0.0.1:{redis_port}/0", {
-            "DILASERVE_GATEWAY_PORT": str(self.port), "DILASERVE_SCHEDULER_HEARTBEAT_TIMEOUT_S": "1.5",
-            "DILASERVE_SCHEDULER_GLOBAL_SLO_S": "3.0"})
-        self.procs: dict = {}
-
-    def start(self, name: str, args: list[str], **env: str) -> None:
-        self.procs[name] = start_service(name, args, self.run_dir, {**self.env, **env})
-
-    def scheduler(self, policy: str, record: Path) -> None:
-        if "scheduler" in self.procs:
-            _stop(self.procs.pop("scheduler"))
-        self.start("scheduler", ["scheduler"], DILASERVE_SCHEDULER_POLICY=policy,
-                   DILASERVE_SCHEDULER_RECORD_PATH=str(record))
-
-    def wait_workers(self, n: int, timeout_s: float = 240.0) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            for name, p in self.procs.items():
-                assert p.alive(), f"{name} exited:\n{p.log_tail()}"
-            try:
-                body = httpx.get(self.url + "/readyz", timeout=2).json()
-            except (httpx.HTTPError, ValueError):
-                body = {}
-            if body.get("scheduler") and len(body.get("workers", [])) == n:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"not {n} workers after {timeout_s}s: {body}")
-
-    def close(self) -> None:
-        for name in ["gateway", "worker-0", "worker-1", "scheduler"]:
-            if name in self.procs:
-                os.kill(self.procs[name].pid, signal.SIGCONT)
-                _stop(self.procs[name])
-        for p in reversed(self.infra):
-            _stop(p)
-
-
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
-    c = _Cluster(tmp_path_factory.mktemp("migration"))
+    c = PrivateCluster(tmp_path_factory.mktemp("migration"))
     try:
         c.scheduler("balance", c.run_dir / "warmup.jsonl")
         for i in range(2):
@@ -109,7 +51,7 @@ def cl(tmp_path_factory):
         c.close()
 
 
-async def _post_all(c: _Cluster, bodies: list[dict]) -> list[httpx.Response]:
+async def _post_all(c: PrivateCluster, bodies: list[dict]) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=c.url, timeout=180) as client:
         return await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
 
@@ -171,7 +113,7 @@ def test_live_decisions_replay_identically(cl, policy):
     resps = asyncio.run(_post_all(cl, bodies))
     codes = sorted({r.status_code for r in resps})
     assert set(codes) <= {200, 503}, [r.text for r in resps if r.status_code not in (200, 503)][:2]
-    _stop(cl.procs.pop("scheduler"))  # closes the record
+    stop(cl.procs.pop("scheduler"))  # closes the record
     records = [json.loads(line) for line in record.read_text().splitlines()]
     report = replay(records)
     print(f"\n{policy}: {len(records)} records, {report.schedules} decisions replayed: {report.decisions}, "

@@ -20,7 +20,9 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
+from private_cluster import PrivateCluster
 from shared import subjects
 from shared.schemas.requests import ThresholdCaps
 from shared.transport import Bus
@@ -57,8 +59,10 @@ async def _run(cluster) -> tuple[list[tuple[float, dict[str, float]]], list[dict
                 resps = await asyncio.gather(*(client.post("/v1/completions", json=_body(i, slo_ms))
                                                for i in range(N_BURST)))
                 burst_done = time.monotonic()
-                assert all(r.status_code == 200 for r in resps), [r.text for r in resps if r.status_code != 200][:2]
-                burst += [r.json() for r in resps]
+                # dilaserve sheds what cannot make its deadline: refused explicitly, the rest served
+                assert all(r.status_code == 200 or (r.status_code == 503 and r.json()["error"]["code"]
+                           == "deadline_unmeetable") for r in resps), [r.text for r in resps if r.status_code != 200][:2]
+                burst += [r.json() for r in resps if r.status_code == 200]
                 print(f"burst at SLO {slo_ms} ms: {len(caps_log) - seen} cap messages")
                 if any(c < TOP for _, caps in caps_log[seen:] for c in caps.values()):
                     break
@@ -74,6 +78,22 @@ async def _run(cluster) -> tuple[list[tuple[float, dict[str, float]]], list[dict
     return caps_log, burst, burst_done, probes
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Its own cluster with shedding off: shed requests leave no constraint for the caps to answer, and
+    the caps are what this test is about (shedding: tests/test_e2e_migration_fidelity.py, test_e2e.py)."""
+    c = PrivateCluster(tmp_path_factory.mktemp("threshold"), DILASERVE_SCHEDULER_DROP_EXPIRED="false")
+    try:
+        c.start("scheduler", ["scheduler"])
+        for i in range(2):
+            c.start(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"])
+        c.start("gateway", ["gateway"])
+        c.wait_workers(2)
+        yield c
+    finally:
+        c.close()
+
+
 def test_caps_fall_in_a_burst_recover_after_and_floors_hold(cluster):
     t0 = time.monotonic()
     caps_log, burst, burst_done, probes = asyncio.run(_run(cluster))
@@ -86,17 +106,16 @@ def test_caps_fall_in_a_burst_recover_after_and_floors_hold(cluster):
     # floors: every τ a request ran at is within [its floor, top] (the floor wins over any cap)
     for i, body in enumerate(burst):
         used = body["dlm"]["thresholds_used"]
-        floor = FLOOR if i % 2 else 0.0
+        floor = body["dlm"]["min_threshold"] or 0.0
+        assert floor in (0.0, FLOOR)
         assert used and all(floor - 1e-9 <= t <= TOP + 1e-9 for t in used), (i, used)
-        if i % 2:
-            assert body["dlm"]["min_threshold"] == FLOOR
 
     # caps fell during the burst: the load controller pushed at least one request's cap below the top
     assert caps_log, "the scheduler forwarded no threshold caps during the burst"
     lowest = min(c for _, caps in caps_log for c in caps.values())
     assert lowest < TOP, caps_log
     # ... and the floors held in the caps too: a floored request's cap never went below its floor
-    floored = {b["id"] for i, b in enumerate(burst) if i % 2}
+    floored = {b["id"] for b in burst if b["dlm"]["min_threshold"]}
     # (request ids in the caps are the gateway's ids, which the responses carry)
     assert all(c >= FLOOR - 1e-9 for _, caps in caps_log for rid, c in caps.items() if rid in floored), caps_log
 
