@@ -46,6 +46,13 @@ class PrivateCluster:
         self.start("scheduler", ["scheduler"], DILASERVE_SCHEDULER_POLICY=policy,
                    DILASERVE_SCHEDULER_RECORD_PATH=str(record))
 
+    def start_workers_and_gateway(self, n: int = 2) -> None:
+        """After the scheduler: ``n`` workers and the gateway, then wait until the scheduler sees them."""
+        for i in range(n):
+            self.start(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"])
+        self.start("gateway", ["gateway"])
+        self.wait_workers(n)
+
     def wait_workers(self, n: int, timeout_s: float = 240.0) -> None:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:

@@ -42,10 +42,7 @@ def cl(tmp_path_factory):
     c = PrivateCluster(tmp_path_factory.mktemp("migration"))
     try:
         c.scheduler("balance", c.run_dir / "warmup.jsonl")
-        for i in range(2):
-            c.start(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"])
-        c.start("gateway", ["gateway"])
-        c.wait_workers(2)
+        c.start_workers_and_gateway(2)
         yield c
     finally:
         c.close()

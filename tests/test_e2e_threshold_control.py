@@ -85,10 +85,7 @@ def cluster(tmp_path_factory):
     c = PrivateCluster(tmp_path_factory.mktemp("threshold"), DILASERVE_SCHEDULER_DROP_EXPIRED="false")
     try:
         c.start("scheduler", ["scheduler"])
-        for i in range(2):
-            c.start(f"worker-{i}", ["worker", "--worker-id", f"worker-{i}"])
-        c.start("gateway", ["gateway"])
-        c.wait_workers(2)
+        c.start_workers_and_gateway(2)
         yield c
     finally:
         c.close()
