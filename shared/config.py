@@ -106,7 +106,7 @@ class SchedulerConfig:
     # Refit the cost model toward this quantile of the measured step latencies (0 = their mean): deadlines
     # are planned on it, and steps of a shared machine vary (docs/scheduler.md, "Cost model")
     cost_quantile: float = 0.9
-    budget_step_s: float = 0.5  # per-worker token budget: the most tokens whose step stays under this
+    budget_step_s: float = 0.1  # per-worker token budget: the most tokens whose step stays under this
     token_budget: int = 0  # > 0: a fixed per-worker token budget instead
     global_slo_s: float = 0.0  # tedi's deployment-wide SLO (needed by tedi only)
     # dilaserve sheds queued requests that can no longer make their deadline (answered 503
