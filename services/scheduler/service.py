@@ -44,6 +44,7 @@ class _Entry:
     confirm: bool = False  # rebuilt from Redis as assigned: re-send the assignment when its worker shows up
     persisted: bool = False  # Redis holds an assignment for it: its JetStream message may be acked at once
     migrating_from: str | None = None  # the worker that still holds it until it is released at a boundary
+    blocks_done: int = 0  # highest block count reported (a resumed request re-announces earlier blocks)
 
 
 @dataclass
@@ -303,8 +304,11 @@ class SchedulerService:
         (not the last block; not while a migration of it is in transit: the simulator's rule too)."""
         e = self.entries.get(evt.request_id)
         if e is None or evt.worker_id != (e.migrating_from or self.policy.instance_of(evt.request_id)):
-            return  # re-announced blocks of a resumed request, or a worker that no longer holds it
+            return  # a worker that no longer holds it
         done = evt.block_index + 1
+        if done <= e.blocks_done:
+            return
+        e.blocks_done = done
         committed = min(e.view.output_len, done * evt.block_length)
         boundary = committed < e.view.output_len and e.migrating_from is None
         self.policy.on_progress(evt.request_id, committed, done, boundary, time.time())

@@ -327,6 +327,8 @@ class WorkerService:
 
     async def _finish(self, state: DecodeState, status: str) -> None:
         m = self.meta.pop(state.request_id)
+        self.at_boundary.discard(state.request_id)
+        self.migrating.pop(state.request_id, None)
         eos = self.engine.eos_token_id
         out = output_ids(state, eos)
         if status == "completed":
