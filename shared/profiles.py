@@ -17,7 +17,7 @@ from shared.policy.quality import QualityModel
 
 log = logging.getLogger("dilaserve.profiles")
 
-# The shipped model, committed under models/ (services/worker/model.default_model_dir is the same path).
+# The shipped model, committed under models/ (the one place its path is spelled).
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "dilaserve-tiny"
 PROFILE_GLOB = "profile-*.json"
 

@@ -9,7 +9,6 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import FastAPI, Request
@@ -23,10 +22,11 @@ from services.gateway.http_models import (
     Accepted, ChatBody, CompletionBody, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
 )
 from services.gateway.relay import Event, Relay, stored_result
-from services.gateway.tokenizer import ModelTokenizer, default_model_dir
+from services.gateway.tokenizer import ModelTokenizer
 from shared import subjects
 from shared.telemetry import names as tn
 from shared.config import Config
+from shared.profiles import model_dir
 from shared.schemas.cluster import SchedulerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinished, SubmitRequest
@@ -48,7 +48,7 @@ class Gateway:
         self.tel = tel
         self.gateway_id = self.gcfg.gateway_id or f"gateway-{os.getpid()}"
         self.model_name = self.gcfg.model_name
-        self.tokenizer = ModelTokenizer(Path(self.gcfg.model_dir) if self.gcfg.model_dir else default_model_dir())
+        self.tokenizer = ModelTokenizer(model_dir(self.gcfg.model_dir))
         self.bus = None
         self.store = None
         self.cluster: SchedulerHeartbeat | None = None

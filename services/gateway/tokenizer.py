@@ -6,10 +6,6 @@ import json
 from pathlib import Path
 
 
-def default_model_dir() -> Path:
-    # Same location as services.worker.model.default_model_dir, without importing torch in the gateway.
-    return Path(__file__).resolve().parents[2] / "models" / "dilaserve-tiny"
-
 
 class ModelTokenizer:
     def __init__(self, model_dir: str | Path) -> None:

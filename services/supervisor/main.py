@@ -1,4 +1,4 @@
-"""`dilaserve supervisor`: one node's plan executor as a process (the work is in services/supervisor.py).
+"""`dilaserve supervisor`: one node's plan executor as a process (the work is in services/supervisor/service.py).
 
 On start it applies the plan in force (read from Redis; the planner's initial static layout when there is
 none yet), i.e. it starts this node's workers as child processes — after adopting the workers a killed

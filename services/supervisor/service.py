@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from shared.instance_config import InstanceConfig, cache_of, tp_of
+from shared.instance_config import InstanceConfig, tp_of
 from shared.policy.planner.drain import Running, to_drain
 from shared.schemas.cluster import Plan
 

@@ -113,7 +113,7 @@ class Simulator:
         last_arrival = self.specs[-1].arrival_s if self.specs else 0.0
         if self.planner is not None:
             self._push(self.planner.spec.interval_s, PLAN, 0)
-        now, done = 0.0, 0
+        now = 0.0
         while self.events:
             now, _, kind, arg = heapq.heappop(self.events)
             if kind == ARRIVAL:

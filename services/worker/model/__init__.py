@@ -6,6 +6,7 @@ from pathlib import Path
 
 from services.worker.model.configuration_llada import LLaDAConfig
 from services.worker.model.modeling_llada import KVCache, LLaDAModelLM, Segment
+from shared.profiles import SHIPPED_MODEL_DIR
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM", "KVCache", "Segment", "register_llada", "load_model", "load_tokenizer", "default_model_dir"]
 
@@ -27,7 +28,7 @@ def register_llada() -> None:
 
 def default_model_dir() -> Path:
     """The shipped model, committed under models/ at the repository root."""
-    return Path(__file__).resolve().parents[3] / "models" / "dilaserve-tiny"
+    return SHIPPED_MODEL_DIR
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "auto") -> LLaDAModelLM:
