@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shared.policy.policies import POLICY_NAMES
 from shared.profiles import read_quality_model
+from shared.sim.effects import ClusterEffects
 from shared.sim.workload import LengthScaling, parse_slo_mix
 
 
@@ -77,8 +78,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-replay", default="0.02", metavar="M|off",
                    help="a changed plan must beat the plan in force by M SLO attainment in a replay of the "
                         "window in the simulator (off: the MILP's word is enough)")
+    add_effect_arguments(p)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default=None, help="write PNG plots into this directory")
+
+
+def add_effect_arguments(p: argparse.ArgumentParser) -> None:
+    """The live cluster's effects (docs/simulator.md, "Live-cluster effects"); defaults: none."""
+    g = p.add_argument_group("live-cluster effects")
+    g.add_argument("--arrival-delay", type=float, default=0.0, metavar="S", help="gateway → scheduler delay")
+    g.add_argument("--dispatch-delay", type=float, default=0.0, metavar="S", help="placement → worker delay")
+    g.add_argument("--result-delay", type=float, default=0.0, metavar="S", help="last step → client delay")
+    g.add_argument("--heartbeat", type=float, default=1.0, metavar="S", help="instance heartbeat period")
+    g.add_argument("--tick", type=float, default=1.0, metavar="S", help="scheduler tick (load control) period")
+    g.add_argument("--cpu-cores", type=float, default=0.0,
+                   help="cores the instances share (0: a device each); steps stretch when oversubscribed")
+    g.add_argument("--service-cores", type=float, default=0.0, help="cores the control plane keeps busy")
+    g.add_argument("--cost-quantile", type=float, default=0.0,
+                   help="the policy's cost model refits toward this quantile of the measured steps (live: 0.9)")
+
+
+def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
+    return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat, args.tick,
+                          args.cpu_cores, args.service_cores, args.cost_quantile)
 
 
 def build_spec(args: argparse.Namespace):
@@ -93,7 +115,8 @@ def build_spec(args: argparse.Namespace):
         candidates=_floats(args.thresholds), fixed_threshold=args.fixed_threshold, tedi_slo=args.tedi_slo,
         drop=not args.no_drop, reject=args.reject_infeasible, budget_step_s=args.budget_step,
         quality=read_quality_model(args.quality) if args.quality else None,
-        planner=_planner_spec(args), phase_rps=_floats(getattr(args, "phase_rps", "") or ""))
+        planner=_planner_spec(args), phase_rps=_floats(getattr(args, "phase_rps", "") or ""),
+        effects=effects_from_args(args) if hasattr(args, "arrival_delay") else ClusterEffects())
 
 
 def _planner_spec(args: argparse.Namespace):

@@ -19,6 +19,7 @@ from shared.policy.quality import QualityModel
 from shared.policy.scheduling import SchedulerCore
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.types import InstanceView, RequestView, SchedulerOutput
+from shared.sim.effects import ClusterEffects
 from shared.sim.instance import SimInstance, SimReq
 from shared.sim.planner import Drain, Effect, Launch, SimPlanner, SimPlannerSpec, replay_for
 from shared.sim.workload import SimRequest
@@ -26,7 +27,8 @@ from shared.sim.workload import SimRequest
 ARRIVAL, STEP_END, TICK = 0, 1, 2
 PLAN, LAUNCHED, FREED = 3, 4, 5  # planner runs only (shared/sim/planner.py)
 READY = 6  # an initial instance that becomes placeable later (``ready_s``: replays of a transition)
-TICK_S = 1.0
+DISPATCH = 7  # a placed request reaches its instance (``ClusterEffects.dispatch_delay_s`` > 0)
+TICK_S = 1.0  # the default tick and heartbeat period (``ClusterEffects`` sets others)
 
 
 def parse_layout(layout: str, gpus: int) -> list[str]:
@@ -64,7 +66,8 @@ class Simulator:
                  seed: int, block_len: int = 32, global_slo_s: float | None = None,
                  quality: QualityModel | None = None, truth_tps: dict[float, float] | None = None,
                  max_drain_s: float = 600.0, planner: SimPlannerSpec | None = None, gpus: int = 0,
-                 ready_s: dict[int, float] | None = None, **policy_kwargs):
+                 ready_s: dict[int, float] | None = None, effects: ClusterEffects | None = None,
+                 **policy_kwargs):
         self.policy = policy
         # what a replay of a window needs to run this same policy on another layout (shared/sim/replay.py)
         self.replay_kwargs = dict(policy_kwargs, block_len=block_len, global_slo_s=global_slo_s,
@@ -74,6 +77,10 @@ class Simulator:
         self.truth_tps = StepPredictor(truth_tps)
         self.core: SchedulerCore = make_core(policy, _cost(cost_name), StepPredictor(truth_tps),
                                              global_slo_s=global_slo_s, **policy_kwargs)
+        self.effects = effects or ClusterEffects()
+        if self.effects.cost_quantile > 0:
+            self.core.cost.quantile = self.effects.cost_quantile
+        self._dispatching: list[tuple[SimReq, SimInstance]] = []
         self.quality = (quality or QualityModel()).accuracy
         self.rng = random.Random(seed)
         self.specs = requests
@@ -108,7 +115,7 @@ class Simulator:
             else:
                 self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), 0.0)
         for k, spec in enumerate(self.specs):
-            self._push(spec.arrival_s, ARRIVAL, k)
+            self._push(spec.arrival_s + self.effects.arrival_delay_s, ARRIVAL, k)
         self._push(0.0, TICK, 0)
         last_arrival = self.specs[-1].arrival_s if self.specs else 0.0
         if self.planner is not None:
@@ -120,6 +127,8 @@ class Simulator:
                 self._arrive(self.specs[arg], now)
             elif kind == STEP_END:
                 self._step_end(self.insts[arg], now)
+            elif kind == DISPATCH:
+                self._dispatched(arg)
             elif kind == READY:
                 inst = self.insts[arg]
                 self.core.on_instance_update(InstanceView(inst.instance_id, inst.config), now)
@@ -149,7 +158,7 @@ class Simulator:
         boundary, finished = inst.end_step(self.rng, self.truth_tps, self.quality)
         self._record_tau(stepped, now)
         for r in finished:
-            r.finish_s, r.outcome = now, "finished"
+            r.finish_s, r.outcome = now + self.effects.result_delay_s, "finished"
             self.core.on_finished(r.request_id, now)
         for r in boundary:
             if r.move_to is not None:
@@ -167,13 +176,13 @@ class Simulator:
         if now > last_arrival + self.max_drain_s:
             return  # give up on what is left (reported as unfinished)
         self._apply(self.core.schedule(now), now)
-        self._push(now + TICK_S, TICK, 0)
+        self._push(now + self.effects.tick_s, TICK, 0)
 
     def _heartbeat(self, inst: SimInstance, now: float) -> None:
         steps, tps = inst.take_samples()
         self.core.on_instance_update(InstanceView(inst.instance_id, inst.config, 0, inst.state == "draining",
                                                   steps, tps), now)
-        inst.next_heartbeat_s = now + TICK_S
+        inst.next_heartbeat_s = now + self.effects.heartbeat_s
 
     # --- applying the scheduler's decisions ------------------------------------------------------------
     def _apply(self, out: SchedulerOutput, now: float) -> None:
@@ -194,7 +203,11 @@ class Simulator:
             r.cap, r.deadline_s = p.cap, p.deadline_s
             if r.placed_s is None:
                 r.placed_s = now
-            self.by_id[p.instance_id].members[r.request_id] = r
+            if self.effects.dispatch_delay_s > 0:
+                self._dispatching.append((r, self.by_id[p.instance_id]))
+                self._push(now + self.effects.dispatch_delay_s, DISPATCH, len(self._dispatching) - 1)
+            else:
+                self.by_id[p.instance_id].members[r.request_id] = r
         restart, self._pending_restart = self._pending_restart, None
         if restart is not None:
             self._start(restart, now)
@@ -205,6 +218,14 @@ class Simulator:
         if self.planner is not None:
             self._planner_apply(self.planner.reap(self.by_id, now), now)
 
+    def _dispatched(self, k: int) -> None:
+        """A placed request reaches its instance after the control plane's dispatch delay."""
+        r, inst = self._dispatching[k]
+        if r.outcome == "pending":
+            inst.members[r.request_id] = r
+            if self._pending_restart is None and not inst.busy:
+                self._pending_restart = inst  # _apply (right after this event) starts it
+
     def _move(self, r: SimReq, src: SimInstance, dst: SimInstance, now: float) -> None:
         src.members.pop(r.request_id, None)
         dst.members[r.request_id] = r
@@ -213,7 +234,9 @@ class Simulator:
     def _start(self, inst: SimInstance, now: float) -> None:
         if inst.busy or not inst.members:
             return
-        lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold)
+        scale = self.effects.step_scale(1 + sum(1 for i in self.insts if i.busy))
+        lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
+                              scale)
         self._push(now + lat, STEP_END, inst.index)
 
     # --- the planner's hooks (planner runs only) ---------------------------------------------------------

@@ -61,8 +61,9 @@ class SimInstance:
     state: str = "live"  # launching | live | draining | stopping | gone (planner runs only change it)
 
     def start_step(self, now_s: float, cost: CostModel, truth: CostModel, predictor: StepPredictor,
-                   params: ThresholdParams) -> float:
-        """Choose τ for everyone and return the step's latency (the caller schedules its end)."""
+                   params: ThresholdParams, scale: float = 1.0) -> float:
+        """Choose τ for everyone and return the step's latency (the caller schedules its end); ``scale``
+        stretches the ground truth (a CPU shared with other instances and services)."""
         batch = list(self.members.values())
         n, block = len(batch), batch[0].block_len
         full_sum = sum(r.full_len for r in batch)
@@ -74,7 +75,7 @@ class SimInstance:
                 n_refresh=-(-r.output_len // r.block_len) - r.blocks_refreshed,
                 deadline_left_s=planning_deadline_left(r.arrival_s, r.deadline_s, now_s, params.margin),
                 cap=r.cap, min_threshold=r.min_threshold, batch=bc, predictor=predictor, params=params)
-        latency = truth.latency(self.config, tokens)
+        latency = truth.latency(self.config, tokens) * scale
         self.step_samples.append(StepSample(tokens, latency))
         self.in_step = batch
         self.busy = True

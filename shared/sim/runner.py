@@ -11,6 +11,7 @@ from shared.policy.quality import QualityModel
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import batch_cost, time_left
 from shared.profiles import cost_model_named
+from shared.sim.effects import ClusterEffects
 from shared.sim.engine import parse_layout, simulate
 from shared.sim.planner import SimPlannerSpec
 from shared.sim.report import latencies, summarize
@@ -50,6 +51,7 @@ class SimSpec:
     quality: QualityModel | None = None
     planner: SimPlannerSpec | None = None  # None: the static --layout (planner off)
     phase_rps: tuple[float, ...] = ()  # phased traces: one mean rate per phase
+    effects: ClusterEffects = field(default_factory=ClusterEffects)  # live-cluster effects (default: none)
 
 
 def base_latency(spec: SimSpec, cost: CostModel, prompt_median: float) -> float:
@@ -91,6 +93,8 @@ def run_point(spec: SimSpec, rps: float | None, slo_scale: float, base: float) -
             kwargs.update(drop_expired=spec.drop, reject_infeasible=spec.reject)
         if spec.planner is not None:
             kwargs.update(planner=spec.planner, gpus=spec.gpus)
+        if not spec.effects.is_default():
+            kwargs["effects"] = spec.effects
         res = simulate(name, reqs, configs, spec.config, spec.seed, block_len=spec.scaling.block_len,
                        quality=spec.quality, **kwargs)
         summaries[name] = summarize(res, span)
@@ -129,6 +133,8 @@ def report_config(spec: SimSpec, base: float, prompt_median: float) -> dict:
         "thresholds": list(spec.candidates), "fixed_threshold": spec.fixed_threshold,
         "tedi_slo": spec.tedi_slo, "dilaserve_drop": spec.drop, "dilaserve_reject": spec.reject, "budget_step_s": spec.budget_step_s,
     }
+    if not spec.effects.is_default():
+        cfg["effects"] = spec.effects.as_dict()
     if spec.planner is not None:
         cfg["planner"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec.planner).items()}
     if "," in spec.trace:

@@ -1,0 +1,48 @@
+"""What a live cluster adds to the policy's own timing, as explicit simulator parameters.
+
+Every field defaults to the simulator's idealised cluster (one device per instance, a control plane
+that costs nothing, 1-s heartbeats and load control), which keeps runs without them byte-identical.
+``dilaserve experiment`` sets them from what it measured on the running cluster (docs/simulator.md,
+"Live-cluster effects").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEffects:
+    # Control-plane delays on a request's path (gateway, JetStream, scheduler, Redis, NATS hops):
+    arrival_delay_s: float = 0.0  # arrival at the gateway → the scheduler's core sees it
+    dispatch_delay_s: float = 0.0  # placement → the worker has it and can step it
+    result_delay_s: float = 0.0  # its last step → the client has the answer
+    heartbeat_s: float = 1.0  # an instance reports its measured steps this often (refits)
+    tick_s: float = 1.0  # the scheduler calls schedule() at least this often (load control, shedding)
+    # CPU shared by the workers and the services: 0 = every instance on a device of its own. Otherwise a
+    # step's latency is stretched by (instances stepping at its start + service_cores) / cpu_cores
+    # whenever that exceeds 1.
+    cpu_cores: float = 0.0
+    service_cores: float = 0.0  # cores the control plane and the load generator keep busy on average
+    cost_quantile: float = 0.0  # the core's cost model refits toward this quantile of measured steps (live 0.9)
+
+    def __post_init__(self) -> None:
+        for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.heartbeat_s <= 0 or self.tick_s <= 0:
+            raise ValueError("heartbeat_s and tick_s must be > 0")
+        if not 0.0 <= self.cost_quantile < 1.0:
+            raise ValueError(f"cost_quantile must be in [0, 1), got {self.cost_quantile}")
+
+    def step_scale(self, stepping: int) -> float:
+        """How much slower a step runs with ``stepping`` instances (itself included) on the shared CPU."""
+        if self.cpu_cores <= 0:
+            return 1.0
+        return max(1.0, (stepping + self.service_cores) / self.cpu_cores)
+
+    def is_default(self) -> bool:
+        return self == ClusterEffects()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
