@@ -39,6 +39,7 @@ class Shot:
     answer: str
     task: str
     max_tokens: int
+    dlm: dict[str, Any] | None = None  # per-request DLM fields (slo_ms, priority, min_threshold)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Outcome:
     error: str = ""
     kind: str = ""  # SERVED, REFUSED, HTTP_ERROR or CONNECTION_ERROR; derived from ok/http_status if not given
     http_status: int | None = None  # None: no HTTP answer
+    threshold_mean: float | None = None  # the response's dlm.threshold_mean (mean τ the worker used)
+    steps: int | None = None  # the response's dlm.steps (denoising steps the request took)
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -117,6 +120,8 @@ async def fire(session, url: str, shot: Shot, slo_ms: float | None) -> Outcome:
     body: dict = {"model": "dilaserve-tiny", "prompt": shot.prompt, "max_tokens": shot.max_tokens}
     if slo_ms:
         body["slo_ms"] = slo_ms
+    if shot.dlm:
+        body["dlm"] = shot.dlm
     t0 = time.perf_counter()
     try:
         async with session.post(url + "/v1/completions", json=body) as r:
@@ -144,14 +149,15 @@ def response_outcome(status: int, body_text: str, latency_s: float, shot: Shot, 
     try:
         data = json.loads(body_text)
         text = data["choices"][0]["text"]
-        timings = (data.get("dlm") or {}).get("timings") or {}
+        dlm = data.get("dlm") or {}
+        timings = dlm.get("timings") or {}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return Outcome(False, latency_s, error=f"HTTP 200 without a completion: {body_text[:200]}",
                        kind=HTTP_ERROR, http_status=200)
     return Outcome(True, latency_s, overhead_ms=timings.get("overhead_ms"), timings_ms=timings,
                    slo_met=None if slo_ms is None else latency_s * 1000 <= slo_ms,
                    correct=check_answer(Problem(shot.task, shot.prompt, shot.answer), text), kind=SERVED,
-                   http_status=200)
+                   http_status=200, threshold_mean=dlm.get("threshold_mean"), steps=dlm.get("steps"))
 
 
 def percentile(values: list[float], q: float) -> float | None:
