@@ -13,7 +13,16 @@ Numbers are written zero-padded to a fixed width (operands 3 digits, sums 4, dif
 digit i of every operand then sits at a fixed offset from digit i of the answer, which a small model
 learns far more easily than aligning variable-length numbers by their last digit.
 - sort: sort a list of digits.
-- rev: reverse a string of letters (up to 24 letters: several blocks).
+- rev: reverse a string of letters (up to 24 letters).
+
+Long tasks (answers of 24-48 characters: two to four blocks of 16 in the default canvas of 64), where
+each answer token depends on its neighbours, so committing many at once can go wrong:
+- cum: running sums mod 10 of 24-48 digits (`cum:3141=` → `3485`): digit i is (answer i-1 + digit i)
+  mod 10, easy once its left neighbour is committed and a sum over a growing span when it is not.
+- seq: a count in steps, 2 digits mod 100 (`seq:37+18,12=` → `55,73,91,09,...`: 12 terms, 10-16): each
+  term is the previous one plus the step, with a carry from units to tens.
+- rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
+  letter is independent of the others; the easy, parallel part of the mix.
 """
 
 from __future__ import annotations
@@ -25,9 +34,13 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 Split = Literal["train", "eval"]
-TASKS = ("add", "sub", "mul", "sort", "rev")
+SHORT_TASKS = ("add", "sub", "mul", "sort", "rev")
+LONG_TASKS = ("cum", "seq", "rep")
+TASKS = SHORT_TASKS + LONG_TASKS
+EVAL_TASKS = LONG_TASKS  # what `dilaserve eval` measures by default: answers that span several blocks
 EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
-MAX_ANSWER_CHARS = 24
+MAX_ANSWER_CHARS = 48
+MAX_REV_CHARS = 24
 MAX_REPEATED_DRAWS = 20_000
 
 
@@ -65,8 +78,31 @@ def _sort(rng: random.Random) -> tuple[str, str]:
 
 
 def _rev(rng: random.Random) -> tuple[str, str]:
-    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, MAX_ANSWER_CHARS)))
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, MAX_REV_CHARS)))
     return f"rev:{letters}=", letters[::-1]
+
+
+def _cum(rng: random.Random) -> tuple[str, str]:
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(24, 48))]
+    sums, total = [], 0
+    for d in digits:
+        total = (total + d) % 10
+        sums.append(total)
+    return f"cum:{''.join(map(str, digits))}=", "".join(map(str, sums))
+
+
+def _seq(rng: random.Random) -> tuple[str, str]:
+    start, step = rng.randint(0, 99), rng.randint(1, 99)
+    n = rng.randint(10, 16)
+    terms = [(start + k * step) % 100 for k in range(1, n + 1)]
+    return f"seq:{start:02d}+{step:02d},{n}=", ",".join(f"{t:02d}" for t in terms)
+
+
+def _rep(rng: random.Random) -> tuple[str, str]:
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(24, 48)))
+    old = rng.choice(letters)
+    new = rng.choice([c for c in string.ascii_lowercase if c != old])
+    return f"rep:{old}>{new}:{letters}=", letters.replace(old, new)
 
 
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
@@ -75,6 +111,9 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "mul": _mul,
     "sort": _sort,
     "rev": _rev,
+    "cum": _cum,
+    "seq": _seq,
+    "rep": _rep,
 }
 
 

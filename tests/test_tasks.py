@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lab.tasks import MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
+from lab.tasks import EVAL_TASKS, MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
 
 
 def test_same_seed_same_problems_and_different_seeds_differ():
@@ -37,7 +37,7 @@ def test_task_weights_spec():
     from lab.tasks import parse_task_weights
 
     w = parse_task_weights("add=1, rev=3")
-    assert w == {"add": 1.0, "sub": 0.0, "mul": 0.0, "sort": 0.0, "rev": 3.0}
+    assert w == {t: {"add": 1.0, "rev": 3.0}.get(t, 0.0) for t in TASKS}
     rng = random.Random(3)
     assert {sample_problem(rng, "train", weights=w).task for _ in range(200)} == {"add", "rev"}
     for bad, msg in (("div=1", "unknown task 'div'"), ("add=x", "not name=number"), ("add=-1", "negative"),
@@ -46,10 +46,26 @@ def test_task_weights_spec():
             parse_task_weights(bad)
 
 
+def _long_answer(task: str, body: str) -> str:
+    """The long tasks' answers computed a second, independent way."""
+    if task == "cum":
+        digits = body.split(":")[1]
+        return "".join(str(sum(int(d) for d in digits[: i + 1]) % 10) for i in range(len(digits)))
+    if task == "seq":
+        start, rest = body.split(":")[1].split("+")
+        step, n = rest.split(",")
+        return ",".join(f"{(int(start) + k * int(step)) % 100:02d}" for k in range(1, int(n) + 1))
+    _, swap, letters = body.split(":")
+    old, new = swap.split(">")
+    return "".join(new if c == old else c for c in letters)
+
+
 def test_answers_are_exact():
-    for p in make_problems(400, seed=1):
+    for p in make_problems(400, seed=1, tasks=TASKS):
         body = p.prompt[:-1]
-        if p.task in ("add", "sub", "mul"):
+        if p.task in ("cum", "seq", "rep"):
+            assert p.answer == _long_answer(p.task, body)
+        elif p.task in ("add", "sub", "mul"):
             op = {"add": "+", "sub": "-", "mul": "*"}[p.task]
             a, b = (int(x) for x in body.split(op))
             assert int(p.answer) == {"add": a + b, "sub": a - b, "mul": a * b}[p.task]
@@ -61,11 +77,27 @@ def test_answers_are_exact():
         assert check_answer(p, f" {p.answer} ") and not check_answer(p, p.answer + "0")
 
 
-def test_every_task_appears_and_some_span_several_blocks():
-    problems = make_problems(500, seed=5)
+def test_every_task_appears_and_long_ones_span_several_blocks():
+    problems = make_problems(500, seed=5, tasks=TASKS)
     assert {p.task for p in problems} == set(TASKS)
-    assert max(len(p.answer) for p in problems) > 16  # > 2 blocks of 8 in a 32-token canvas
     assert max(len(p.answer) for p in problems) <= MAX_ANSWER_CHARS
+    long = make_problems(300, seed=5, tasks=EVAL_TASKS)  # the evaluation suite: long tasks only
+    assert {p.task for p in long} == set(EVAL_TASKS) == {"cum", "seq", "rep"}
+    assert min(len(p.answer) for p in long) >= 24  # at least 2 blocks of 16 hold content
+    assert max(len(p.answer) for p in long) > 32  # and some 3
+
+
+def test_long_tasks_chain_their_answer_tokens():
+    """cum and seq: each answer token follows from its left neighbour and the prompt (a local rule),
+    which is what makes committing many of them at once risky and one at a time safe."""
+    for p in make_problems(50, seed=2, tasks=("cum",)):
+        digits, ans = p.prompt[4:-1], p.answer
+        assert len(ans) == len(digits)
+        assert all(int(ans[i]) == (int(ans[i - 1]) + int(digits[i])) % 10 for i in range(1, len(ans)))
+    for p in make_problems(50, seed=2, tasks=("seq",)):
+        step = int(p.prompt.split("+")[1].split(",")[0])
+        terms = [int(t) for t in p.answer.split(",")]
+        assert all(b == (a + step) % 100 for a, b in zip(terms, terms[1:]))
 
 
 def test_asking_for_more_distinct_eval_problems_than_exist_is_a_clear_error() -> None:
