@@ -161,6 +161,37 @@ class PlannerConfig:
     # live planner only sizes the cluster, where the MILP's own objectives decide.
     replay_margin: float = -1.0
     replay_transition_s: float = 5.0  # in the replay, a worker the plan adds serves only after this (start-up)
+    # Who carries a changed plan out (services/planner/actuators): "local" = the node supervisors that
+    # follow the published plan; "kubernetes" = scale the worker Deployments (Scale subresource).
+    actuator: str = "local"
+    k8s_namespace: str = ""  # "" = the planner pod's own namespace (its service account's)
+    # configuration=Deployment, comma-separated, e.g. "tp1-dual=dls-dilaserve-worker-tp1-dual"
+    k8s_deployments: str = ""
+    k8s_api_url: str = ""  # "" = in-cluster service account; else this API server (kubectl proxy, tests)
+    k8s_ready_timeout_s: float = 600.0  # a scale step waits this long for ready replicas / the drain
+    k8s_poll_s: float = 1.0  # how often that wait reads the Deployment
+
+    def __post_init__(self) -> None:
+        if self.actuator not in PLANNER_ACTUATORS:
+            raise ValueError(f"planner.actuator must be one of {PLANNER_ACTUATORS}, got {self.actuator!r}")
+        if self.actuator == "kubernetes":
+            deployment_map(self.k8s_deployments)  # raises with the entry named
+
+
+PLANNER_ACTUATORS = ("local", "kubernetes")
+
+
+def deployment_map(spec: str) -> dict[str, str]:
+    """``planner.k8s_deployments`` ("config=deployment,...") as a mapping; ValueError when malformed."""
+    out: dict[str, str] = {}
+    for entry in _csv(spec):
+        config, sep, name = (part.strip() for part in entry.partition("="))
+        if not sep or not config or not name:
+            raise ValueError(f"planner.k8s_deployments entry {entry!r} is not configuration=deployment")
+        out[config] = name
+    if not out:
+        raise ValueError("planner.k8s_deployments must name a Deployment per configuration with planner.actuator=kubernetes")
+    return out
 
 
 @dataclass
