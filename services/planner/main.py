@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = setup(args)
 
     async def start():
+        from services.planner.actuators import make_actuator
         from services.planner.service import PlannerService
         from shared.telemetry import setup_telemetry
         from shared.transport import Bus, Store
@@ -59,10 +60,10 @@ def main(args: argparse.Namespace) -> int:
         store = await Store.from_config(cfg.redis)
         svc = PlannerService(pcfg, bus, store, tel, planner_cost_model(cfg), cfg.worker.block_length,
                              budget_step_s=cfg.scheduler.budget_step_s,
-                             replay=replay_check(cfg))
+                             replay=replay_check(cfg), actuator=make_actuator(pcfg, bus))
         await svc.start()
-        log.info("planner %s ready (%s, %s × %d slots)", pcfg.planner_id, pcfg.mode, pcfg.nodes,
-                 pcfg.slots_per_node or pcfg.num_workers)
+        log.info("planner %s ready (%s, %s × %d slots, %s actuator)", pcfg.planner_id, pcfg.mode, pcfg.nodes,
+                 pcfg.slots_per_node or pcfg.num_workers, pcfg.actuator)
 
         async def stop() -> None:
             await svc.stop()

@@ -4,7 +4,9 @@ receive (the gateway's submissions, a plain core-NATS subscription: JetStream de
 to it without this service ever acking or consuming them) → window of ``ArrivalSample``s → every
 ``interval_s`` the planning round (``shared.policy.planner.round.plan_round``, the simulated planner's
 own) in a thread (CPU-bound) → ``Plan`` on ``subjects.plan_publish()`` and in Redis when it changed →
-metrics (solve time, objectives, changes).
+metrics (solve time, objectives, changes) → the actuator carries the plan out (``planner.actuator``:
+the node supervisors that follow the published plan, or the Kubernetes worker Deployments;
+services/planner/actuators).
 
 On CPU the "GPUs" are worker slots: ``planner.nodes`` × ``planner.slots_per_node`` (default: one node
 with ``num_workers`` slots); the configurations offered are ``planner.configs``, each priced by its own
@@ -19,6 +21,7 @@ import time
 import uuid
 from collections import deque
 
+from services.planner.actuators import ActuationResult, Actuator, LocalActuator
 from shared import subjects
 from shared.config import PlannerConfig
 from shared.policy.cost_model import CostModel
@@ -73,7 +76,8 @@ def static_plan(cfg: PlannerConfig, now_s: float) -> Plan:
 
 class PlannerService:
     def __init__(self, cfg: PlannerConfig, bus, store, tel, cost: CostModel, block_length: int,
-                 budget_step_s: float = 0.0, replay: Confirm | None = None) -> None:
+                 budget_step_s: float = 0.0, replay: Confirm | None = None,
+                 actuator: Actuator | None = None) -> None:
         self.cfg = cfg
         self.bus = bus
         self.store = store
@@ -88,15 +92,29 @@ class PlannerService:
         self.observed_since_s: float | None = None  # set on start: no arrivals were seen before
         self.replay = replay  # planner.replay_margin >= 0: a change must win a replay of the window
         self.plan: Plan | None = None
+        self.actuator: Actuator = actuator or LocalActuator()
+        self.last_actuation: ActuationResult | None = None
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         self.observed_since_s = time.time()
-        self.plan = await self.store.load_plan() or static_plan(self.cfg, self.observed_since_s)
+        await self.actuator.start()
+        stored = await self.store.load_plan()
+        self.plan = stored or await self.initial_plan(self.observed_since_s)
         await self._publish(self.plan)
         self._subs = [await self.bus.subscribe(subjects.request_submit(), SubmitRequest, self.on_submit)]
-        self._tasks = [asyncio.create_task(self.plan_loop()), asyncio.create_task(self.heartbeat_loop())]
+        # A stored plan is carried out again: a planner that died mid-change converges.
+        self._tasks = [asyncio.create_task(self.plan_loop(stored)), asyncio.create_task(self.heartbeat_loop())]
+
+    async def initial_plan(self, now_s: float) -> Plan:
+        """What runs before any plan: what the actuator sees deployed, else ``num_workers`` x ``instance_config``."""
+        seen = await self.actuator.observed()
+        if not seen:
+            return static_plan(self.cfg, now_s)
+        ic = [InstanceCount(config=g, count=n) for g, n in sorted(seen.items()) if n > 0]
+        return Plan(plan_id=uuid.uuid4().hex[:12], created_s=now_s, instances=ic, reason="as deployed",
+                    nodes=[NodePlan(node=0, instances=ic)])
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -104,6 +122,7 @@ class PlannerService:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.actuator.close()
 
     # -- the window ---------------------------------------------------------------------------
     async def on_submit(self, s: SubmitRequest, headers: dict[str, str]) -> None:
@@ -146,7 +165,19 @@ class PlannerService:
         self.plan = new
         await self._publish(new)
         log.info("plan %s: %s (%s; solve %.3f s)", new.plan_id, result.instances, result.reason, result.solve_s)
+        await self.actuate(new)
         return new
+
+    async def actuate(self, plan: Plan) -> ActuationResult | None:
+        """Have the actuator carry ``plan`` out; a failure is logged, the plan stays published."""
+        try:
+            self.last_actuation = await self.actuator.apply(plan)
+        except Exception:
+            log.exception("plan %s not carried out by the %s actuator", plan.plan_id, self.actuator.name)
+            return None
+        if not self.last_actuation.ok:
+            log.warning("plan %s only partly in force: %s", plan.plan_id, self.last_actuation)
+        return self.last_actuation
 
     async def _publish(self, plan: Plan) -> None:
         await self.store.save_plan(plan)
@@ -154,7 +185,9 @@ class PlannerService:
         for ic in plan.instances:
             self.tel.metrics.instances(config=ic.config, count=ic.count)
 
-    async def plan_loop(self) -> None:
+    async def plan_loop(self, in_force: Plan | None = None) -> None:
+        if in_force is not None:
+            await self.actuate(in_force)
         while True:
             await asyncio.sleep(self.cfg.interval_s)
             if self.cfg.mode != "milp":
