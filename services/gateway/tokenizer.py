@@ -6,18 +6,33 @@ import json
 from pathlib import Path
 
 
+def load_local_tokenizer(model_dir: str | Path):
+    """A tokenizer from a local directory, never running code shipped with the checkpoint.
+
+    ``trust_remote_code=False`` is explicit: left unset, transformers asks on stdin (for up to 15 s)
+    whenever a config carries ``auto_map``. A tokenizer whose class exists only as shipped code
+    (Dream's ``DreamTokenizer``) is read from its ``tokenizer.json`` as a fast tokenizer instead.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(model_dir)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc) or not (path / "tokenizer.json").is_file():
+            raise
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+
 
 class ModelTokenizer:
     def __init__(self, model_dir: str | Path) -> None:
-        from transformers import AutoTokenizer
-
         model_dir = Path(model_dir)
         cfg = json.loads((model_dir / "config.json").read_text())
         self.max_positions = int(cfg.get("max_sequence_length") or cfg.get("max_position_embeddings"))
         self.eos_token_id = int(cfg["eos_token_id"])
         self.mask_token_id = int(cfg["mask_token_id"])
         self.vocab_size = int(cfg["vocab_size"])
-        self.tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.tok = load_local_tokenizer(model_dir)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))

@@ -1,29 +1,44 @@
-"""LLaDA-compatible model code, registered with transformers' Auto classes on demand."""
+"""Model code for the served families (LLaDA, Dream), registered with transformers' Auto classes on demand."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from services.gateway.tokenizer import load_local_tokenizer
+from services.worker.model.configuration_dream import DreamConfig
 from services.worker.model.configuration_llada import LLaDAConfig
-from services.worker.model.modeling_llada import KVCache, LLaDAModelLM, Segment
+from services.worker.model.modeling_dream import DreamModel
+from services.worker.model.modeling_llada import LLaDAModelLM
+from services.worker.model.segments import KVCache, Segment
 from shared.profiles import SHIPPED_MODEL_DIR
 
-__all__ = ["LLaDAConfig", "LLaDAModelLM", "KVCache", "Segment", "register_llada", "load_model", "load_tokenizer", "default_model_dir"]
+__all__ = [
+    "LLaDAConfig", "LLaDAModelLM", "DreamConfig", "DreamModel", "KVCache", "Segment", "MODEL_TYPES",
+    "register_llada", "register_models", "load_model", "load_tokenizer", "default_model_dir",
+]
+
+# config.json model_type -> (config class, model class)
+MODEL_TYPES = {"llada": (LLaDAConfig, LLaDAModelLM), "Dream": (DreamConfig, DreamModel)}
 
 _registered = False
 
 
-def register_llada() -> None:
-    """Register the architecture with AutoConfig/AutoModel (idempotent, explicit rather than on import)."""
+def register_models() -> None:
+    """Register every family with AutoConfig/AutoModel/AutoModelForMaskedLM (idempotent, explicit rather than on import)."""
     global _registered
     if _registered:
         return
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-    AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
-    AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
-    AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+    for model_type, (config_cls, model_cls) in MODEL_TYPES.items():
+        AutoConfig.register(model_type, config_cls, exist_ok=True)
+        AutoModel.register(config_cls, model_cls, exist_ok=True)
+        AutoModelForMaskedLM.register(config_cls, model_cls, exist_ok=True)
     _registered = True
+
+
+register_llada = register_models  # the name callers of the LLaDA-only version use
 
 
 def default_model_dir() -> Path:
@@ -31,24 +46,28 @@ def default_model_dir() -> Path:
     return SHIPPED_MODEL_DIR
 
 
-def load_model(path: str | Path, device: str = "cpu", dtype: str = "auto") -> LLaDAModelLM:
-    """Load from a local directory only (never the hub). bf16 on CUDA, fp32 on CPU unless told otherwise."""
+def load_model(path: str | Path, device: str = "cpu", dtype: str = "auto") -> LLaDAModelLM | DreamModel:
+    """Load from a local directory only (never the hub), the class chosen by config.json's model_type.
+
+    bf16 on CUDA, fp32 on CPU unless told otherwise. Code shipped with a checkpoint is never run.
+    """
     import torch
-    from transformers import AutoModel
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no model at {path}: expected a directory with config.json and weights")
-    register_llada()
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {model_type!r} in {path / 'config.json'}; supported: {sorted(MODEL_TYPES)}")
+    register_models()
     if dtype == "auto":
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    model = AutoModel.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+    model_cls = MODEL_TYPES[model_type][1]
+    model = model_cls.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True, trust_remote_code=False)
     return model.to(device).eval()
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return load_local_tokenizer(path)
