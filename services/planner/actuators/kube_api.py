@@ -1,8 +1,7 @@
 """The few Kubernetes API calls the actuator makes, through the official ``kubernetes`` client.
 
-Calls block (the client is synchronous); the actuator runs them in a thread. Patches are sent as
-JSON merge patches: the client's default content type for a PATCH is JSON Patch, which an API server
-rejects for an object body.
+Calls block (the client is synchronous); the actuator runs them in a thread. Patches are JSON merge
+patches, named explicitly rather than left to the client's choice of content type.
 """
 
 from __future__ import annotations
