@@ -154,7 +154,7 @@ def test_unsupported_dream_keys_are_refused(tiny_dir, tmp_path):
 def test_loads_offline_without_running_shipped_code(tiny_dir):
     """HF_HUB_OFFLINE, no HF home, stdin left open: a remote-code prompt would block on it for 15 s."""
     code = (
-        "import sys, time; from services.worker.model import load_model, load_tokenizer;"
+        "import sys, time; import torch, transformers; from services.worker.model import load_model, load_tokenizer;"
         f"t0 = time.monotonic(); m = load_model({str(tiny_dir)!r}); t = load_tokenizer({str(tiny_dir)!r});"
         "from services.gateway.tokenizer import ModelTokenizer; g = ModelTokenizer(sys.argv[1]);"
         "print(type(m).__name__, t.mask_token_id, m.config.mask_token_id, g.mask_token_id, round(time.monotonic() - t0, 2))"
@@ -165,7 +165,16 @@ def test_loads_offline_without_running_shipped_code(tiny_dir):
     assert out.returncode == 0, out.stderr
     name, tok_mask, cfg_mask, gw_mask, seconds = out.stdout.split()
     assert name == "DreamModel" and tok_mask == cfg_mask == gw_mask
-    assert float(seconds) < 10.0
+    assert float(seconds) < 10.0  # imports done before the clock starts; a prompt would wait 15 s
+
+
+def test_no_remote_code_prompt(tiny_dir, monkeypatch):
+    prompts: list[str] = []
+    monkeypatch.setattr("builtins.input", lambda text="": prompts.append(text) or "n")
+    from services.gateway.tokenizer import ModelTokenizer
+
+    assert ModelTokenizer(tiny_dir).mask_token_id == load_tokenizer(tiny_dir).mask_token_id
+    assert prompts == []
 
 
 def test_tokenizer_layout_and_chat_template(tiny_dir):
