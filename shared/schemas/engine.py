@@ -30,6 +30,11 @@ class DecodeState(Message, tag="decode_state"):
     num_steps: int = 0
     num_refresh_steps: int = 0
     num_reuse_steps: int = 0
+    # Sampled commits (docs/api.md): temperature 0 is greedy. ``seed`` with the block index and the
+    # step within the block seeds the draws, so a request resumed at a block start redraws the same.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
 
     @property
     def num_blocks(self) -> int:

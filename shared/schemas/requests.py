@@ -15,6 +15,32 @@ FinishReason = Literal["stop", "length", "cancelled", "error", "rejected"]
 DEADLINE_UNMEETABLE = "deadline_unmeetable"
 
 
+# Bounds of Sampling (the gateway refuses anything outside them with a 400).
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
+TEMPERATURE_MAX = 2.0
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+class Sampling(Message, tag="sampling"):
+    """Per-request OpenAI decoding parameters. ``temperature`` 0 is greedy (``top_p``, ``seed`` unused);
+    ``seed`` is always set (drawn by the gateway when the client gave none). ``stop``: the request
+    ends when the committed text contains one; the text is cut at the earliest match (``stop_cut``)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    seed_drawn: bool = False  # the gateway drew ``seed`` (the client gave none)
+    stop: list[str] = []
+
+
+def stop_cut(text: str, stops: list[str]) -> int | None:
+    """Where ``text`` is cut for ``stops``: the start of the earliest match, None without one.
+    The one rule for the worker (when to stop) and the gateway (what text to return)."""
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
 class SubmitRequest(Message, tag="submit_request"):
     """Gateway → scheduler (JetStream). Times are unix seconds; ``deadline_s`` is None without an SLO."""
 
@@ -28,6 +54,7 @@ class SubmitRequest(Message, tag="submit_request"):
     deadline_s: float | None = None
     priority: int = 0
     min_threshold: float | None = None
+    sampling: Sampling | None = None  # None: greedy, no stop strings
 
 
 class Assignment(Message, tag="assignment"):
@@ -43,6 +70,7 @@ class Assignment(Message, tag="assignment"):
     deadline_s: float | None = None
     priority: int = 0
     resume: bool = False  # it ran before (worker died / restart): continue from the Redis checkpoint
+    sampling: Sampling | None = None
 
 
 class AssignmentAck(Message, tag="assignment_ack"):

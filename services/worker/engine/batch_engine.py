@@ -5,8 +5,9 @@ A step is heterogeneous: each request takes the step shape it needs (docs/design
 - cache "dual":   block start = full refresh that keeps K/V for all positions; later steps of the block
                   run only the block's tokens, overwriting their K/V slots (kind "reuse");
 - cache "prefix": block start = full refresh that keeps the prefix K/V; later steps run block → end.
-Each request brings its own τ / decoding rule. Attention is computed per request, so greedy outputs
-do not depend on the rest of the batch.
+Each request brings its own τ / decoding rule and sampling parameters. Attention is computed per
+request, and a sampled request's draws depend only on its seed and step (decoding.step_uniforms), so
+outputs, greedy or sampled, do not depend on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 import msgspec
 import torch
 
-from services.worker.engine.decoding import candidate_tokens, select_commits
+from services.worker.engine.decoding import candidate_tokens, select_commits, step_uniforms
 from services.worker.model import KVCache, LLaDAModelLM, Segment
 from shared.schemas.engine import DecodeState
 
@@ -133,6 +134,7 @@ class DenoisingEngine:
         if state.block_length < 1:
             raise ValueError(f"block_length must be >= 1, got {state.block_length}")
         _check_threshold(state.threshold)
+        _check_sampling(state)
         if state.decoding not in ("threshold", "strict", "fixed"):
             raise ValueError(f"unknown decoding {state.decoding!r}")
         if state.decoding == "fixed" and state.steps_per_block < 1:
@@ -204,6 +206,14 @@ class DenoisingEngine:
         seg = Segment(kind, act.seq[start:end], torch.arange(start, end, device=dev), masked - start, cache=act.cache)
         return seg, "reuse"
 
+    def _candidates(self, st: DecodeState, logits: torch.Tensor, canvas_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if st.temperature <= 0:
+            return candidate_tokens(logits, self.mask_token_id)
+        lo, _ = self._block_bounds(st)
+        u = step_uniforms(st.seed, st.block_index, st.block_step, st.block_length)
+        offsets = (canvas_pos - lo).cpu()  # the position's place in its block picks its draw
+        return candidate_tokens(logits, self.mask_token_id, st.temperature, st.top_p, u[offsets])
+
     def _commit(self, act: _Active, seg: Segment, kind: StepKind, logits: torch.Tensor) -> RequestStepOutput:
         st = act.state
         p = len(st.prompt_ids)
@@ -211,7 +221,7 @@ class DenoisingEngine:
         if seg.kind == "full" and seg.keep_cache:
             act.cache = seg.new_cache
         abs_positions = seg.logit_rows + int(seg.positions[0])
-        tokens, conf = candidate_tokens(logits, self.mask_token_id)
+        tokens, conf = self._candidates(st, logits, abs_positions - p)
         chosen = select_commits(st, conf, act.masked_at_block_start)
         pos = abs_positions[chosen]
         tok = tokens[chosen]
@@ -260,6 +270,15 @@ def _check_threshold(threshold: float) -> None:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
 
 
+def _check_sampling(state: DecodeState) -> None:
+    if not (isinstance(state.temperature, (int, float)) and 0.0 <= float(state.temperature) < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0, got {state.temperature!r}")
+    if not (isinstance(state.top_p, (int, float)) and 0.0 < float(state.top_p) <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {state.top_p!r}")
+    if not isinstance(state.seed, int):
+        raise ValueError(f"seed must be an integer, got {state.seed!r}")
+
+
 def new_state(
     request_id: str,
     prompt_ids: list[int],
@@ -269,8 +288,11 @@ def new_state(
     threshold: float = 0.9,
     decoding: str = "threshold",
     steps_per_block: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> DecodeState:
-    """A fresh request: the canvas is ``max_tokens`` masks."""
+    """A fresh request: the canvas is ``max_tokens`` masks. ``temperature`` 0 decodes greedily."""
     return DecodeState(
         request_id=request_id,
         prompt_ids=list(prompt_ids),
@@ -280,6 +302,9 @@ def new_state(
         threshold=threshold,
         decoding=decoding,  # type: ignore[arg-type]
         steps_per_block=steps_per_block,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
     )
 
 
