@@ -371,3 +371,52 @@ def test_without_a_namespace_outside_a_pod_the_error_says_what_to_set(tmp_path, 
     with pytest.raises(ValueError, match="planner.k8s_namespace is not set"):
         kube_api.own_namespace("")
     assert kube_api.own_namespace("prod") == "prod"
+
+
+class _Bus:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, object]] = []
+
+    async def publish(self, subject: str, msg: object) -> None:
+        self.published.append((subject, msg))
+
+    async def subscribe(self, subject: str, type_: type, cb) -> object:
+        class _Sub:
+            async def unsubscribe(self) -> None:
+                return None
+        return _Sub()
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.plan: Plan | None = None
+
+    async def load_plan(self) -> Plan | None:
+        return self.plan
+
+    async def save_plan(self, plan: Plan) -> None:
+        self.plan = plan
+
+
+async def test_a_planning_round_that_adds_a_worker_scales_its_deployment(fake_api):
+    from shared.policy.cost_model import CostModel
+    from shared.policy.planner.types import ArrivalSample
+    from shared.telemetry import setup_telemetry
+
+    fake_api.add("w-tp1", 1)
+    cfg = _cfg(fake_api.url, "tp1-dual=w-tp1")
+    cfg.num_workers, cfg.slots_per_node = 1, 2
+    bus, store = _Bus(), _Store()
+    svc = PlannerService(cfg, bus, store, setup_telemetry("planner", env={}), CostModel.tiny_cpu("tp1-dual"), 8,
+                         actuator=make_actuator(cfg, bus))
+    svc.observed_since_s = time.time() - 60.0
+    await svc.actuator.start()
+    svc.plan = await svc.initial_plan(svc.observed_since_s)
+    assert svc.plan.reason == "as deployed"
+    now = time.time()
+    for i in range(120):  # 2 req/s of 128-token outputs within 3 s: more than one CPU worker carries
+        svc.window.append(ArrivalSample(now - 60.0 + 0.5 * i, 16, 128, 3.0))
+    new = await svc.plan_once()
+    assert new is not None and store.plan is new and {ic.config: ic.count for ic in new.instances} == {"tp1-dual": 2}
+    assert svc.last_actuation.ready == {"tp1-dual": 2} and fake_api.deployments["w-tp1"].replicas == 2
+    await svc.actuator.close()
