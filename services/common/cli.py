@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("lab.profiling", "step latency against tokens executed (cost-model input)"),
     "bench": ("tooling.loadgen", "open-loop load generator against a running gateway"),
     "simulate": ("shared.sim.cli", "trace-driven discrete-event simulation of the scheduling policies"),
+    "experiment": ("tooling.experiment", "policies' SLO attainment on fresh local clusters beside the simulator's"),
     "plan-bench": ("tooling.plan_bench", "planner MILP solve-time benchmark"),
     "soak": ("tooling.soak", "many concurrent streaming clients: errors and gateway memory over time"),
     "chaos": ("tooling.chaos", "fault injection under load: nothing accepted is lost, duplicated or changed"),

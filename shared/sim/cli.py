@@ -96,11 +96,16 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--service-cores", type=float, default=0.0, help="cores the control plane keeps busy")
     g.add_argument("--cost-quantile", type=float, default=0.0,
                    help="the policy's cost model refits toward this quantile of the measured steps (live: 0.9)")
+    g.add_argument("--step-scale", type=float, default=1.0,
+                   help="every step takes this × the profile's latency (load from outside the cluster)")
+    g.add_argument("--step-overhead", type=float, default=0.0, metavar="S",
+                   help="worker time per step outside the forward")
 
 
 def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
     return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat, args.tick,
-                          args.cpu_cores, args.service_cores, args.cost_quantile)
+                          args.cpu_cores, args.service_cores, args.cost_quantile, args.step_scale,
+                          args.step_overhead)
 
 
 def build_spec(args: argparse.Namespace):

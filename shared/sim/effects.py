@@ -25,21 +25,28 @@ class ClusterEffects:
     cpu_cores: float = 0.0
     service_cores: float = 0.0  # cores the control plane and the load generator keep busy on average
     cost_quantile: float = 0.0  # the core's cost model refits toward this quantile of measured steps (live 0.9)
+    # every step takes this many times the profile's latency, whatever the cluster does: load on the
+    # machine from outside the cluster, or a profile measured on another machine
+    step_scale: float = 1.0
+    # worker time per step outside the forward (the step loop's τ choice, commits, events); the
+    # heartbeat's step samples, like the live worker's, time the forward only
+    step_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores"):
+        for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
+                     "step_overhead_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.heartbeat_s <= 0 or self.tick_s <= 0:
-            raise ValueError("heartbeat_s and tick_s must be > 0")
+        if self.heartbeat_s <= 0 or self.tick_s <= 0 or self.step_scale <= 0:
+            raise ValueError("heartbeat_s, tick_s and step_scale must be > 0")
         if not 0.0 <= self.cost_quantile < 1.0:
             raise ValueError(f"cost_quantile must be in [0, 1), got {self.cost_quantile}")
 
-    def step_scale(self, stepping: int) -> float:
+    def latency_scale(self, stepping: int) -> float:
         """How much slower a step runs with ``stepping`` instances (itself included) on the shared CPU."""
         if self.cpu_cores <= 0:
-            return 1.0
-        return max(1.0, (stepping + self.service_cores) / self.cpu_cores)
+            return self.step_scale
+        return self.step_scale * max(1.0, (stepping + self.service_cores) / self.cpu_cores)
 
     def is_default(self) -> bool:
         return self == ClusterEffects()

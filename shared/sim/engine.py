@@ -234,10 +234,10 @@ class Simulator:
     def _start(self, inst: SimInstance, now: float) -> None:
         if inst.busy or not inst.members:
             return
-        scale = self.effects.step_scale(1 + sum(1 for i in self.insts if i.busy))
+        scale = self.effects.latency_scale(1 + sum(1 for i in self.insts if i.busy))
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
                               scale)
-        self._push(now + lat, STEP_END, inst.index)
+        self._push(now + lat + self.effects.step_overhead_s, STEP_END, inst.index)
 
     # --- the planner's hooks (planner runs only) ---------------------------------------------------------
     def _planner_event(self, kind: int, arg: int, now: float, last_arrival: float) -> None:

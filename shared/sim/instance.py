@@ -36,6 +36,7 @@ class SimReq:
     acc_tokens: float = 0.0  # Σ accuracy(τ) × tokens
     refresh_steps: int = 0
     reuse_steps: int = 0
+    step_s: float = 0.0  # Σ latency of the steps it took part in (the live worker_forward_ms)
     placed_s: float | None = None
     finish_s: float | None = None
     outcome: str = "pending"  # pending | finished | dropped | rejected
@@ -76,6 +77,8 @@ class SimInstance:
                 deadline_left_s=planning_deadline_left(r.arrival_s, r.deadline_s, now_s, params.margin),
                 cap=r.cap, min_threshold=r.min_threshold, batch=bc, predictor=predictor, params=params)
         latency = truth.latency(self.config, tokens) * scale
+        for r in batch:
+            r.step_s += latency
         self.step_samples.append(StepSample(tokens, latency))
         self.in_step = batch
         self.busy = True

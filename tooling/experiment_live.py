@@ -1,0 +1,106 @@
+"""One live run of ``dilaserve experiment``: a fresh local cluster with one policy, a warm-up, the
+workload replayed open loop, every outcome from the gateway's responses, and the CPU the processes used."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.processes import free_port
+from tooling.experiment_workload import Request
+from tooling.local_cluster import LocalCluster
+from tooling.loadgen import Outcome, Shot, fire
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LiveRun:
+    outcomes: list[Outcome]
+    warmup: list[Outcome]
+    wall_s: float  # first arrival → last answer
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process group → CPU seconds during the replay
+    run_dir: str = ""
+
+
+def policy_env(policy: str, global_slo_s: float, block_len: int) -> dict[str, str]:
+    """The services' settings for one policy (tedi needs its deployment-wide SLO; the workers use the
+    model's block length)."""
+    env = {"DILASERVE_SCHEDULER_POLICY": policy, "DILASERVE_WORKER_BLOCK_LENGTH": str(block_len)}
+    if policy == "tedi":
+        env["DILASERVE_SCHEDULER_GLOBAL_SLO_S"] = f"{global_slo_s:.6f}"
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def cpu_by_group(cluster: LocalCluster) -> dict[str, float]:
+    """CPU seconds so far of the workers, and of everything else this run adds to the machine: the
+    services, NATS, Redis and this process (the load generator)."""
+    procs = cluster.services + cluster.infra
+    workers = sum(cpu_seconds(p.pid) for p in procs if p.name.startswith("worker"))
+    rest = sum(cpu_seconds(p.pid) for p in procs if not p.name.startswith("worker"))
+    return {"workers": workers, "services": rest + time.process_time()}
+
+
+async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Outcome], float]:
+    """Open loop: each request is sent at its time whatever the others do; outcomes in shot order."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as client:
+        start = time.perf_counter()
+
+        async def one(shot: Shot) -> Outcome:
+            delay = start + shot.at_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return await fire(client, url, shot, shot.dlm.get("slo_ms") if shot.dlm else None)
+
+        outcomes = await asyncio.gather(*(one(s) for s in shots))
+        return list(outcomes), time.perf_counter() - start
+
+
+async def warm_up(url: str, shots: list[Shot], concurrency: int, duration_s: float,
+                  timeout_s: float) -> list[Outcome]:
+    """Closed loop, ``concurrency`` clients, for ``duration_s``: the workers' first forwards, and the
+    cost model's and step predictor's refits from heartbeats, happen before the measurement."""
+    import aiohttp
+
+    if duration_s <= 0 or not shots:
+        return []
+    out: list[Outcome] = []
+    end = time.perf_counter() + duration_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as client:
+        async def client_loop(k: int) -> None:
+            i = k
+            while time.perf_counter() < end:
+                out.append(await fire(client, url, shots[i % len(shots)], None))
+                i += concurrency
+
+        await asyncio.gather(*(client_loop(k) for k in range(concurrency)))
+    return out
+
+
+def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[Shot], *, workers: int,
+             env: dict[str, str], warmup_s: float, timeout_s: float, start_timeout_s: float = 300.0) -> LiveRun:
+    cluster = LocalCluster(run_dir, num_workers=workers, port=free_port(), extra_env=env)
+    try:
+        cluster.start(timeout_s=start_timeout_s, progress=False)
+        warm = asyncio.run(warm_up(cluster.url, warmup, workers, warmup_s, timeout_s))
+        before = cpu_by_group(cluster)
+        outcomes, wall = asyncio.run(replay(cluster.url, [r.shot for r in workload], timeout_s))
+        after = cpu_by_group(cluster)
+    finally:
+        cluster.stop()
+    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir))

@@ -1,0 +1,138 @@
+"""Metrics of ``dilaserve experiment``: one live run's numbers from its outcomes, and their spread over
+repeats. The definitions follow the simulator's report (shared/sim/report.py) so the two compare:
+attainment over every request sent (refusals and errors are misses), goodput = met / arrival window,
+latency over served requests, τ weighted by each request's canvas."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+
+from tooling.experiment_workload import Request
+from tooling.loadgen import SERVED, Outcome, outcome_counts, overhead_parts, percentile
+
+# the metrics compared live against simulated, and aggregated over repeats
+METRICS = ("slo_attainment", "goodput_rps", "latency_p50_s", "latency_p99_s", "mean_threshold", "accuracy")
+TAU_DIGITS = 2  # a request's mean τ within this many digits of a candidate ran at that τ alone
+
+
+def _r(v: float | None, n: int = 6) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(v, n)
+
+
+def summarize_run(workload: list[Request], outcomes: list[Outcome], duration_s: float) -> dict:
+    """One run's numbers; ``outcomes[i]`` answers ``workload[i]``."""
+    if len(workload) != len(outcomes):
+        raise ValueError(f"{len(outcomes)} outcomes for {len(workload)} requests")
+    served = [(w, o) for w, o in zip(workload, outcomes) if o.kind == SERVED]
+    met = [o.slo_met is True for o in outcomes]
+    lat = [o.latency_s for _, o in served]
+    tau = [(o.threshold_mean, w.sim.output_len) for w, o in served if o.threshold_mean is not None]
+    weight = sum(n for _, n in tau)
+    correct = [o.correct for _, o in served if o.correct is not None]
+    n = len(outcomes)
+    return {
+        "requests": n,
+        "slo_attainment": _r(sum(met) / n) if n else None,
+        "slo_attainment_served": _r(sum(met) / len(served)) if served else None,
+        "goodput_rps": _r(sum(met) / duration_s) if duration_s > 0 else None,
+        "latency_p50_s": _r(percentile(lat, 50)),
+        "latency_p99_s": _r(percentile(lat, 99)),
+        "mean_threshold": _r(sum(t * k for t, k in tau) / weight) if weight else None,
+        "accuracy": _r(sum(correct) / len(correct)) if correct else None,
+        "outcomes": outcome_counts(outcomes),
+        "attainment_by_class": by_class(workload, met),
+        "overhead_parts_p50_ms": overhead_parts([o for _, o in served]),
+        "timings_p50_ms": timings_p50([o for _, o in served]),
+        "first_errors": [o.error for o in outcomes if o.error][:3],
+    }
+
+
+def timings_p50(served: list[Outcome]) -> dict[str, float | None]:
+    """Median of every ``dlm.timings`` part over served requests (gateway, worker, forward, overhead)."""
+    keys = sorted({k for o in served for k in (o.timings_ms or {})})
+    return {k: _r(percentile([o.timings_ms[k] for o in served if o.timings_ms and o.timings_ms.get(k) is not None],
+                             50), 3) for k in keys}
+
+
+def by_class(workload: list[Request], met: list[bool]) -> dict[str, float]:
+    tot: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for w, m in zip(workload, met):
+        tot[w.sim.cls][0] += m
+        tot[w.sim.cls][1] += 1
+    return {c: round(v[0] / v[1], 6) for c, v in sorted(tot.items())}
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean, min, max and (population) standard deviation over repeats; ``n`` counts measured values."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "min": None, "max": None, "std": None, "n": 0}
+    return {"mean": _r(statistics.fmean(vals)), "min": _r(min(vals)), "max": _r(max(vals)),
+            "std": _r(statistics.pstdev(vals)), "n": len(vals)}
+
+
+def aggregate(runs: list[dict]) -> dict[tuple[float, str], dict]:
+    """(rate, policy) → each metric's spread over that point's repeats, plus summed outcome counts."""
+    groups: dict[tuple[float, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["rps"], run["policy"])].append(run["live"])
+    out = {}
+    for key, lives in groups.items():
+        agg = {m: spread([x[m] for x in lives]) for m in METRICS}
+        agg["repeats"] = len(lives)
+        agg["refused"] = sum(x["outcomes"]["refused_deadline_unmeetable"] for x in lives)
+        agg["connection_errors"] = sum(x["outcomes"]["connection_errors"] for x in lives)
+        http: dict[str, int] = defaultdict(int)
+        for x in lives:
+            for code, k in x["outcomes"]["http_errors_by_status"].items():
+                http[code] += k
+        agg["http_errors_by_status"] = dict(sorted(http.items()))
+        out[key] = agg
+    return out
+
+
+def tokens_per_step(pairs: list[tuple[Request, Outcome]], candidates: tuple[float, ...]) -> dict[float, float]:
+    """Measured tokens committed per step at each τ, from served requests that ran at one τ throughout
+    (their mean τ is a candidate): canvas / steps, pooled."""
+    acc: dict[float, list[int]] = defaultdict(lambda: [0, 0])
+    for w, o in pairs:
+        if o.kind != SERVED or o.threshold_mean is None or not o.steps:
+            continue
+        tau = round(o.threshold_mean, TAU_DIGITS)
+        if any(abs(tau - c) < 1e-9 for c in candidates):
+            acc[tau][0] += w.sim.output_len
+            acc[tau][1] += o.steps
+    return {t: round(v[0] / v[1], 4) for t, v in sorted(acc.items()) if v[1]}
+
+
+def accuracy_by_tau(pairs: list[tuple[Request, Outcome]], candidates: tuple[float, ...],
+                    min_count: int = 20) -> dict[float, float]:
+    """Measured answer accuracy at each τ (requests that ran at one τ), where at least ``min_count``."""
+    acc: dict[float, list[int]] = defaultdict(lambda: [0, 0])
+    for _, o in pairs:
+        if o.kind != SERVED or o.threshold_mean is None or o.correct is None:
+            continue
+        tau = round(o.threshold_mean, TAU_DIGITS)
+        if any(abs(tau - c) < 1e-9 for c in candidates):
+            acc[tau][0] += o.correct
+            acc[tau][1] += 1
+    return {t: round(v[0] / v[1], 4) for t, v in sorted(acc.items()) if v[1] >= min_count}
+
+
+def step_overhead_s(outcomes: list[Outcome]) -> float | None:
+    """Median worker time per step outside the forward: (worker_ms − worker_forward_ms) / steps."""
+    vals = []
+    for o in outcomes:
+        t = o.timings_ms or {}
+        if o.kind == SERVED and o.steps and t.get("worker_ms") is not None and t.get("worker_forward_ms") is not None:
+            vals.append(max(0.0, t["worker_ms"] - t["worker_forward_ms"]) / 1000.0 / o.steps)
+    return round(statistics.median(vals), 6) if vals else None
+
+
+def median_part(runs: list[dict], key: str) -> float:
+    """Median over runs of one overhead part's p50 in the warm-up (an idle cluster: no queueing), in s."""
+    vals = [r["warmup_overhead_parts_p50_ms"].get(key) for r in runs]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) / 1000.0 if vals else 0.0

@@ -1,0 +1,172 @@
+"""The sweep of ``dilaserve experiment``: the interleaved live runs, then the simulator on the same
+requests, then the report (tooling/experiment.py is the command line)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from shared.policy.threshold import DEFAULT_CANDIDATES
+from shared.profiles import SHIPPED_MODEL_DIR, profile_path
+from tooling.experiment_metrics import accuracy_by_tau, step_overhead_s, summarize_run, tokens_per_step
+from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
+from tooling.loadgen import SERVED, Outcome, overhead_parts
+
+WARMUP_PROBLEMS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    repeat: int
+    rps: float
+    policy: str
+
+
+def sweep_order(policies: list[str], rates: list[float], repeats: int) -> list[RunKey]:
+    """Repeat by repeat; inside one, every rate with every policy, the policy order rotated by the repeat
+    (so no policy always runs first after a rate change)."""
+    out = []
+    for k in range(repeats):
+        for rps in rates:
+            out += [RunKey(k, rps, policies[(i + k) % len(policies)]) for i in range(len(policies))]
+    return out
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    policies: list[str]
+    rates: list[float]
+    repeats: int
+    workload: WorkloadSpec
+    workers: int = 2
+    warmup_s: float = 5.0
+    timeout_s: float = 120.0
+    quality: str | None = None
+    sim_cores: float = 2.0
+    model_dir: Path = SHIPPED_MODEL_DIR
+    candidates: tuple[float, ...] = field(default=DEFAULT_CANDIDATES)
+
+    def config(self) -> dict:
+        w = self.workload
+        return {"policies": self.policies, "rates": self.rates, "repeats": self.repeats, "workers": self.workers,
+                "warmup_s": self.warmup_s, "timeout_s": self.timeout_s, "trace": w.trace, "duration_s": w.duration_s,
+                "seed": w.seed, "slo_ms": w.slo_ms, "slo_classes": [dict(asdict(c), slo_ms=w.slo_ms_of(c))
+                                                                  for c in w.classes],
+                "tedi_slo_s": w.mean_slo_s(), "max_tokens": w.max_tokens, "block_len": w.block_len,
+                "max_positions": w.max_positions, "tasks": list(w.tasks), "keep_output": w.keep_output,
+                "model_dir": str(self.model_dir), "sim_cores": self.sim_cores, "quality": self.quality}
+
+
+Log = Callable[[str], None]
+
+
+def run_record(key: RunKey, index: int, workload: list[Request], live, duration_s: float) -> dict:
+    warm_ok = [o for o in live.warmup if o.kind == SERVED]
+    wall = max(live.wall_s, 1e-9)
+    return {"policy": key.policy, "rps": key.rps, "repeat": key.repeat, "order": index,
+            "live": summarize_run(workload, live.outcomes, duration_s), "wall_s": round(live.wall_s, 3),
+            "warmup_requests": len(live.warmup), "warmup_overhead_parts_p50_ms": overhead_parts(warm_ok),
+            "cpu_cores": {k: round(v / wall, 4) for k, v in live.cpu_s.items()}, "run_dir": live.run_dir}
+
+
+def progress_line(i: int, n: int, rec: dict, took_s: float) -> str:
+    lv, c = rec["live"], rec["live"]["outcomes"]
+    att = "n/a" if lv["slo_attainment"] is None else f"{lv['slo_attainment']:.3f}"
+    p50 = "n/a" if lv["latency_p50_s"] is None else f"{lv['latency_p50_s']:.3f} s"
+    errors = sum(c["http_errors_by_status"].values()) + c["connection_errors"]
+    return (f"[{i + 1}/{n}] {rec['policy']} {rec['rps']:g} req/s repeat {rec['repeat'] + 1}: {lv['requests']} sent, "
+            f"attainment {att}, p50 {p50}, refused {c['refused_deadline_unmeetable']}, errors {errors} "
+            f"({took_s:.0f} s)")
+
+
+def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], warmup, out: Path,
+                   log: Log) -> tuple[list[dict], list[tuple[RunKey, Request, Outcome]]]:
+    from tooling.experiment_live import policy_env, run_live
+
+    order = sweep_order(spec.policies, spec.rates, spec.repeats)
+    env_of = {p: policy_env(p, spec.workload.mean_slo_s(), spec.workload.block_len) for p in spec.policies}
+    runs, pairs = [], []
+    for i, key in enumerate(order):
+        t0 = time.perf_counter()
+        run_dir = out / "runs" / f"{i:03d}-{key.policy}-{key.rps:g}-r{key.repeat}"
+        live = run_live(run_dir, key.policy, workloads[key.rps], warmup, workers=spec.workers,
+                        env=env_of[key.policy], warmup_s=spec.warmup_s, timeout_s=spec.timeout_s)
+        rec = run_record(key, i, workloads[key.rps], live, spec.workload.duration_s)
+        runs.append(rec)
+        pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
+        log(progress_line(i, len(order), rec, time.perf_counter() - t0))
+    return runs, pairs
+
+
+Pairs = list[tuple[RunKey, Request, Outcome]]
+
+
+def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict],
+            pairs: Pairs) -> tuple[dict, dict]:
+    """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
+    measured live and the steps scaled to the live ones at the lowest rate (calibrate)."""
+    from tooling.experiment_sim import SimSetup, measured_effects, profile_cost, quality_model, simulate_point, summary
+
+    served = [(w, o) for _, w, o in pairs]
+    tps = tokens_per_step(served, spec.candidates)
+    quality, quality_src = quality_model(spec.quality, accuracy_by_tau(served, spec.candidates))
+    setup = SimSetup(spec.workers, profile_cost(profile_path(spec.model_dir, "cpu")), spec.workload.block_len,
+                     quality, tps, spec.workload.mean_slo_s(), spec.workload.seed)
+    effects = measured_effects(runs, spec.sim_cores)
+    low = min(spec.rates)
+    overhead = step_overhead_s([o for key, _, o in pairs if key.rps == low])
+    effects = {rps: replace(e, step_overhead_s=overhead or 0.0) for rps, e in effects.items()}
+    scale = calibrate(spec, workloads, pairs, setup, effects)
+    effects = {rps: replace(e, step_scale=scale or 1.0) for rps, e in effects.items()}
+    sim = {(rps, p): summary(simulate_point(p, [r.sim for r in workloads[rps]], setup, effects[rps]),
+                             spec.workload.duration_s)
+           for rps in spec.rates for p in spec.policies}
+    measured = {"tokens_per_step": tps, "quality_source": quality_src,
+                "quality": quality.points if quality is not None else None, "step_scale": scale,
+                "step_overhead_s": overhead,
+                "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
+                "profile": str(profile_path(spec.model_dir, "cpu"))}
+    return sim, measured
+
+
+def calibrate(spec: ExperimentSpec, workloads: dict[float, list[Request]], pairs: Pairs, setup,
+              effects: dict) -> float | None:
+    """Live forward time / simulated step time of the same requests at the lowest rate (median over
+    policies): how much slower than the profile this machine's steps run for reasons outside the cluster."""
+    from tooling.experiment_sim import simulate_point, step_scale
+
+    low = min(spec.rates)
+    scales = []
+    for policy in spec.policies:
+        fwd: dict[str, list[float]] = {}
+        for key, w, o in pairs:
+            if key.rps == low and key.policy == policy and o.kind == SERVED and o.timings_ms:
+                if o.timings_ms.get("worker_forward_ms") is not None:
+                    fwd.setdefault(w.sim.request_id, []).append(o.timings_ms["worker_forward_ms"] / 1000.0)
+        res = simulate_point(policy, [r.sim for r in workloads[low]], setup, effects[low])
+        s = step_scale(fwd, res)
+        if s is not None:
+            scales.append(s)
+    return round(statistics.median(scales), 4) if scales else None
+
+
+def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]]) -> dict:
+    from tooling.experiment_report import points, table_lines, write_json, write_plots
+
+    workloads = {rps: build_workload(spec.workload, rps, encode) for rps in spec.rates}
+    warmup = warmup_shots(spec.workload, WARMUP_PROBLEMS, encode)
+    log(f"experiment: {len(spec.policies)} policies × {len(spec.rates)} rates × {spec.repeats} repeats, "
+        f"{spec.workers} workers, {spec.workload.duration_s:g} s each; out {out}")
+    runs, pairs = run_live_sweep(spec, workloads, warmup, out, log)
+    sim, measured = run_sim(spec, workloads, runs, pairs)
+    report = {"config": spec.config(), "measured": measured, "runs": runs,
+              "points": points(runs, sim, {r: len(w) for r, w in workloads.items()})}
+    json_path = write_json(report, out / "experiment.json")
+    plots = write_plots(report, out)
+    for line in table_lines(report):
+        log(line)
+    report["paths"] = {"json": str(json_path), "plots": [str(p) for p in plots]}
+    return report
