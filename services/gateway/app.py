@@ -20,8 +20,10 @@ from services.gateway.errors import ApiError, bad_request, deadline_unmeetable, 
 from services.gateway.guard import Guard, GuardState
 from services.gateway.http_models import (
     Accepted, ChatBody, CompletionBody, chat_messages, check_common, completion_prompt, dlm_params, parse_body,
+    sampling_params,
 )
 from services.gateway.relay import Event, Relay, stored_result
+from services.gateway.stops import streamable_text
 from services.gateway.tokenizer import ModelTokenizer
 from shared import subjects
 from shared.telemetry import names as tn
@@ -113,6 +115,7 @@ class Gateway:
         if not ids:
             raise bad_request("the prompt is empty after applying the chat template", "messages" if kind == "chat" else "prompt")
         dlm = dlm_params(body, headers)
+        sampling = sampling_params(body)
         self._check_prompt_length(kind, ids)
         room = self.tokenizer.max_positions - len(ids)
         if room < 1:
@@ -127,7 +130,8 @@ class Gateway:
                               f"must fit {self.tokenizer.max_positions} positions, so at most {room}", mt_param,
                               "context_length_exceeded")
         prefix = "cmpl" if kind == "completion" else "chatcmpl"
-        return Accepted(kind, f"{prefix}-{uuid.uuid4().hex}", ids, max_tokens, body.stream, dlm, arrival_s, arrival_mono)
+        return Accepted(kind, f"{prefix}-{uuid.uuid4().hex}", ids, max_tokens, body.stream, dlm, arrival_s, arrival_mono,
+                        sampling=sampling)
 
     def _check_prompt_length(self, kind: str, ids: list[int]) -> None:
         limit = self.cfg.security.max_prompt_tokens
@@ -142,7 +146,7 @@ class Gateway:
         return SubmitRequest(
             request_id=acc.request_id, model=self.model_name, prompt_ids=acc.prompt_ids, max_tokens=acc.max_tokens,
             arrival_s=acc.arrival_s, gateway_id=self.gateway_id, slo_ms=acc.dlm.slo_ms, deadline_s=deadline_s,
-            priority=acc.dlm.priority, min_threshold=acc.dlm.min_threshold,
+            priority=acc.dlm.priority, min_threshold=acc.dlm.min_threshold, sampling=acc.sampling,
         )
 
     async def submit(self, acc: Accepted) -> Relay:
@@ -332,7 +336,8 @@ async def _hold_stream(relay: Relay) -> Event | None:
 
 async def _stream(gw: Gateway, acc: Accepted, relay: Relay, first: Event | None = None) -> AsyncIterator[bytes]:
     """SSE: committed text in order (one chunk per block that extends the prefix), then the final chunk.
-    ``first``: the event the hold already took from the relay."""
+    ``first``: the event the hold already took from the relay. Text that is, or may become, the start
+    of a stop string is held back until the result says where the text ends."""
     sent = ""
     finished = False
     try:
@@ -344,6 +349,7 @@ async def _stream(gw: Gateway, acc: Accepted, relay: Relay, first: Event | None 
         while True:
             if isinstance(evt, BlockCommitted):
                 text, _ = gw.tokenizer.text_until_eos(relay.blocks.prefix)
+                text = streamable_text(text, R.stops_of(acc.sampling))
                 if len(text) > len(sent) and text.startswith(sent):
                     yield _sse(R.chunk(gw, acc, text[len(sent):]))
                     sent = text
@@ -360,7 +366,7 @@ async def _stream(gw: Gateway, acc: Accepted, relay: Relay, first: Event | None 
         elif fin.status == "failed":
             yield _sse(error_body(f"request failed on the worker: {fin.error}", "server_error", None, "worker_error"))
         else:
-            text = gw.tokenizer.decode(fin.output_ids)
+            text = R.output_text(gw, fin, acc.sampling)
             rest = text[len(sent):] if text.startswith(sent) else ""
             yield _sse(R.final_chunk(gw, acc, fin, rest, latency_s))
         yield b"data: [DONE]\n\n"

@@ -2,12 +2,15 @@
 
 DLM extensions may be given at the top level of the body (``"slo_ms": 500``) or inside a ``"dlm"``
 object (``"dlm": {"slo_ms": 500}``); the ``dlm`` object wins, then top level, then the ``x-slo-ms`` /
-``x-priority`` headers. Unknown OpenAI fields (temperature, top_p, ...) are accepted and ignored.
+``x-priority`` headers. OpenAI's ``stop``, ``temperature``, ``top_p`` and ``seed`` are validated here
+(``sampling_params``); other OpenAI fields (logprobs, presence_penalty, ...) are accepted and ignored
+(docs/api.md says why).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -15,6 +18,7 @@ from typing import Any, Mapping
 import msgspec
 
 from services.gateway.errors import ApiError, bad_request, from_validation_error
+from shared.schemas.requests import MAX_STOP_CHARS, MAX_STOP_STRINGS, SEED_MAX, SEED_MIN, TEMPERATURE_MAX, Sampling
 
 
 class DlmOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,6 +36,10 @@ class _Body(msgspec.Struct):
     priority: int | None = None
     min_threshold: float | None = None
     dlm: DlmOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
 
 
 class CompletionBody(_Body):
@@ -109,6 +117,37 @@ def dlm_params(body: _Body, headers: Mapping[str, str]) -> DlmParams:
     return DlmParams(slo_ms=slo_ms, priority=priority or 0, min_threshold=min_thr)
 
 
+def sampling_params(body: _Body) -> Sampling | None:
+    """The request's Sampling (None: greedy without stop strings). A seed is drawn when the client
+    gave none and the request samples, so every sampled output can be reproduced (it is returned)."""
+    t, top_p, seed = body.temperature, body.top_p, body.seed
+    if t is not None and not 0 <= t <= TEMPERATURE_MAX:
+        raise bad_request(f"temperature must be in [0, {TEMPERATURE_MAX:g}], got {t}", "temperature")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise bad_request(f"top_p must be in (0, 1], got {top_p}", "top_p")
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise bad_request(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {seed}", "seed")
+    stops = stop_strings(body.stop)
+    if not stops and not t:
+        return None if seed is None else Sampling(seed=seed)
+    drawn = seed is None and bool(t)
+    return Sampling(temperature=float(t or 0.0), top_p=float(1.0 if top_p is None else top_p),
+                    seed=secrets.randbits(63) if drawn else (seed or 0), seed_drawn=drawn, stop=stops)
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP_STRINGS:
+        raise bad_request(f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(stops)}", "stop")
+    for i, s in enumerate(stops):
+        param = "stop" if isinstance(stop, str) else f"stop[{i}]"
+        if not s:
+            raise bad_request("a stop string must not be empty", param)
+        if len(s) > MAX_STOP_CHARS:
+            raise bad_request(f"a stop string may be at most {MAX_STOP_CHARS} characters, got {len(s)}", param)
+    return stops
+
+
 def check_common(body: _Body, served_model: str) -> None:
     if body.n != 1:
         raise bad_request(f"only n=1 is supported, got {body.n}", "n")
@@ -161,4 +200,5 @@ class Accepted:
     dlm: DlmParams
     arrival_s: float
     arrival_mono: float
+    sampling: Sampling | None = None
     created: int = field(default_factory=lambda: int(time.time()))

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from services.gateway.http_models import Accepted
 from shared.schemas.records import RequestRecord
-from shared.schemas.requests import RequestFinished
+from shared.schemas.requests import RequestFinished, Sampling, stop_cut
 
 
 class Gateway(Protocol):
@@ -18,6 +18,25 @@ class Gateway(Protocol):
     def tokenizer(self) -> Any: ...
 
 
+def stops_of(sampling: Sampling | None) -> list[str]:
+    return list(sampling.stop) if sampling else []
+
+
+def output_text(gw: Gateway, fin: RequestFinished, sampling: Sampling | None) -> str:
+    """The result's text, cut before the earliest stop string (the worker's output ends just past it)."""
+    text = gw.tokenizer.decode(fin.output_ids)
+    cut = stop_cut(text, stops_of(sampling))
+    return text if cut is None else text[:cut]
+
+
+def sampling_object(sampling: Sampling | None) -> dict[str, Any]:
+    """What the request decoded with: a drawn seed is returned so the output can be reproduced."""
+    s = sampling or Sampling()
+    sampled = s.temperature > 0
+    return {"temperature": s.temperature, "top_p": s.top_p if sampled else None, "seed": s.seed if sampled else None,
+            "seed_drawn": s.seed_drawn, "stop": list(s.stop)}
+
+
 def usage(fin: RequestFinished) -> dict[str, int]:
     n_out = len(fin.output_ids)
     return {"prompt_tokens": fin.num_prompt_tokens, "completion_tokens": n_out, "total_tokens": fin.num_prompt_tokens + n_out}
@@ -25,7 +44,7 @@ def usage(fin: RequestFinished) -> dict[str, int]:
 
 def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_threshold: float | None,
                deadline_s: float | None, latency_s: float | None, arrival_s: float | None = None,
-               result_seen_s: float | None = None) -> dict[str, Any]:
+               result_seen_s: float | None = None, sampling: Sampling | None = None) -> dict[str, Any]:
     st = fin.stats
     met = None if slo_ms is None or latency_s is None else latency_s * 1000 <= slo_ms
     obj: dict[str, Any] = {
@@ -42,6 +61,7 @@ def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_th
         "refresh_steps": st.num_refresh_steps if st else 0,
         "reuse_steps": st.num_reuse_steps if st else 0,
         "worker_id": st.worker_id if st else None,
+        "sampling": sampling_object(sampling),
     }
     if latency_s is not None:
         worker_s = st.worker_s if st else 0.0
@@ -63,11 +83,12 @@ def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_th
 def _dlm_for(acc: Accepted, fin: RequestFinished, latency_s: float, seen_s: float | None = None) -> dict[str, Any]:
     d = acc.dlm
     deadline_s = acc.arrival_s + d.slo_ms / 1000 if d.slo_ms is not None else None
-    return dlm_object(fin, d.slo_ms, d.priority, d.min_threshold, deadline_s, latency_s, acc.arrival_s, seen_s)
+    return dlm_object(fin, d.slo_ms, d.priority, d.min_threshold, deadline_s, latency_s, acc.arrival_s, seen_s,
+                      acc.sampling)
 
 
 def final_body(gw: Gateway, acc: Accepted, fin: RequestFinished, latency_s: float, seen_s: float | None = None) -> dict[str, Any]:
-    text = gw.tokenizer.decode(fin.output_ids)
+    text = output_text(gw, fin, acc.sampling)
     if acc.kind == "completion":
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": fin.finish_reason}
         obj = "text_completion"
@@ -111,8 +132,8 @@ def request_status(gw: Gateway, rec: RequestRecord) -> dict[str, Any]:
     if fin is not None:
         latency_s = fin.finished_s - s.arrival_s if fin.finished_s else None
         out["result"] = {
-            "text": gw.tokenizer.decode(fin.output_ids), "finish_reason": fin.finish_reason, "usage": usage(fin),
+            "text": output_text(gw, fin, s.sampling), "finish_reason": fin.finish_reason, "usage": usage(fin),
             "error": fin.error or None, "error_code": fin.error_code or None,
-            "dlm": dlm_object(fin, s.slo_ms, s.priority, s.min_threshold, s.deadline_s, latency_s),
+            "dlm": dlm_object(fin, s.slo_ms, s.priority, s.min_threshold, s.deadline_s, latency_s, sampling=s.sampling),
         }
     return out

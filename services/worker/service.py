@@ -2,7 +2,8 @@
 
 Receive assignments (request/reply) → join the batch between steps → run ONE step in a thread (so
 heartbeats and cancels keep flowing on the event loop) → publish finished blocks, checkpoint them to
-Redis, publish completion. Cancellation is applied between steps.
+Redis, publish completion. Cancellation is applied between steps; a request whose committed text
+reaches one of its stop strings leaves the batch right after the step that committed it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from services.worker.engine import DenoisingEngine, StepOutput, new_state, output_ids, rewind_to_block_start
+from services.worker.engine.stops import Decode, StopWatch
 from services.worker.threshold_control import ThresholdControl
 from shared import subjects
 from shared.telemetry import names as tn
@@ -25,7 +27,7 @@ from shared.schemas.cluster import WorkerHeartbeat
 from shared.schemas.engine import DecodeState
 from shared.schemas.migration import MigrateRequest, RequestReleased
 from shared.schemas.requests import (
-    Assignment, AssignmentAck, BlockCommitted, CancelRequest, RequestFinished, RequestStats, ThresholdCaps,
+    Assignment, AssignmentAck, BlockCommitted, CancelRequest, RequestFinished, RequestStats, Sampling, ThresholdCaps,
 )
 from shared.transport import Bus, Store
 
@@ -43,6 +45,21 @@ class _Meta:
     trace_headers: dict[str, str]
     thresholds_used: list[float] = field(default_factory=list)
     forward_s: float = 0.0
+    stop: StopWatch | None = None
+
+
+def _load_decode(configured_dir: str) -> Decode | None:
+    """The model's tokenizer as a decode function (as the gateway decodes), or None if it cannot be
+    loaded: the worker still serves, and refuses only requests with stop strings, saying why."""
+    from services.worker.model import load_tokenizer
+    from shared.profiles import model_dir
+
+    try:
+        tok = load_tokenizer(model_dir(configured_dir))
+    except Exception:
+        log.exception("tokenizer not loaded: requests with stop strings will be refused")
+        return None
+    return lambda ids: tok.decode(ids, skip_special_tokens=True)
 
 
 def _lower_priority(increment: int) -> None:
@@ -55,7 +72,7 @@ def _lower_priority(increment: int) -> None:
 
 class WorkerService:
     def __init__(self, cfg: WorkerConfig, worker_id: str, bus: Bus, store: Store, engine: DenoisingEngine, tel,
-                 control: ThresholdControl | None = None) -> None:
+                 control: ThresholdControl | None = None, decode: Decode | None = None) -> None:
         self.cfg = cfg
         self.worker_id = worker_id
         self.bus = bus
@@ -85,6 +102,7 @@ class WorkerService:
             control = worker_threshold_control(load_config().scheduler, cfg,
                                                worker_instance_config(cfg, engine.cache_mode))
         self.control = control  # per-request τ each step: the simulator's choose_threshold
+        self.decode = decode  # token ids → text, for stop strings (the model's tokenizer, loaded in start())
         self.incarnation = uuid.uuid4().hex[:12]  # tells the scheduler a restarted process apart from the old one
         self._subs: list = []
         self._tasks: list[asyncio.Task] = []
@@ -96,6 +114,8 @@ class WorkerService:
         return self.control.config
 
     async def start(self) -> None:
+        if self.decode is None:
+            self.decode = await asyncio.to_thread(_load_decode, self.cfg.model_dir)
         self._subs = [
             await self.bus.serve(subjects.worker_assign(self.worker_id), Assignment, self.on_assign),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
@@ -161,13 +181,16 @@ class WorkerService:
             block_length=self.cfg.block_length, threshold=tau,
         )
         state.threshold = tau
+        sampling = a.sampling or Sampling()
+        state.temperature, state.top_p, state.seed = sampling.temperature, sampling.top_p, sampling.seed
         try:
             self.engine.validate(state)
+            stop = self._stop_watch(sampling)
         except ValueError as exc:
             await self._finalize(RequestFinished(request_id=rid, status="failed", finish_reason="error", error=str(exc),
                                                  num_prompt_tokens=len(a.prompt_ids), finished_s=time.time()), trace_headers)
             return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=False, reason=str(exc))
-        self.meta[rid] = _Meta(a, received_s, received_mono, tau, trace_headers)
+        self.meta[rid] = _Meta(a, received_s, received_mono, tau, trace_headers, stop=stop)
         self.control.add(rid, a.arrival_s, a.deadline_s, a.threshold_cap, a.min_threshold, len(state.prompt_ids),
                          len(state.canvas_ids), state.num_masked, state.block_index, state.block_length)
         self.pending.append(state)
@@ -179,6 +202,13 @@ class WorkerService:
         # Lifecycle bookkeeping off the critical path (the scheduler already persisted "assigned").
         self._background(self.store.transition(rid, "running", ("assigned",), now, self.worker_id))
         return AssignmentAck(request_id=rid, worker_id=self.worker_id, accepted=True)
+
+    def _stop_watch(self, sampling: Sampling) -> StopWatch | None:
+        if not sampling.stop:
+            return None
+        if self.decode is None:
+            raise ValueError("this worker has no tokenizer to match stop strings against")
+        return StopWatch(list(sampling.stop), self.decode, self.engine.eos_token_id)
 
     def _background(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -283,6 +313,7 @@ class WorkerService:
         committed = sum(len(r.committed_token_ids) for r in out.requests)
         self.tokens_per_step_ema = (1 - a) * self.tokens_per_step_ema + a * committed
         finished = {s.request_id: s for s in out.finished}
+        stopped = self._take_stopped(out, finished)
         checkpoints = []
         for r in out.requests:
             m = self.meta.get(r.request_id)
@@ -295,12 +326,15 @@ class WorkerService:
             else:
                 self.at_boundary.discard(r.request_id)
             if r.block_finished:
-                state = finished.get(r.request_id) or self.engine.state(r.request_id)
+                done = finished.get(r.request_id) or stopped.get(r.request_id, (None,))[0]
+                state = done or self.engine.state(r.request_id)
                 self._publish_blocks(state, r.block_index, state.block_index)
-                if r.request_id not in finished:
+                if done is None:
                     checkpoints.append(self._save_checkpoint(state))
         # Results first (all at once); checkpoints of the unfinished can wait a round trip.
-        await asyncio.gather(*(self._finish(state, status="completed") for state in out.finished))
+        await asyncio.gather(*(self._finish(state, status="completed") for state in out.finished
+                               if state.request_id not in stopped),
+                             *(self._finish(state, "completed", stop_ids=ids) for state, ids in stopped.values()))
         await asyncio.gather(*checkpoints)
         if any(r.block_finished for r in out.requests) and self.bus.connected:
             try:
@@ -315,6 +349,23 @@ class WorkerService:
             caps=[self.meta[r.request_id].assignment.threshold_cap for r in out.requests if r.request_id in self.meta],
         )
 
+    def _take_stopped(self, out: StepOutput, finished: dict[str, DecodeState]) -> dict[str, tuple[DecodeState, list[int]]]:
+        """Requests whose committed prefix now holds a stop string, out of the batch at once, with their
+        output ids (cut after the stop string; the gateway cuts the text at its start)."""
+        stopped = {}
+        for r in out.requests:
+            m = self.meta.get(r.request_id)
+            if m is None or m.stop is None or not r.committed_token_ids:
+                continue
+            state = finished.get(r.request_id) or self.engine.state(r.request_id)
+            ids = m.stop.check(state)
+            if ids is None:
+                continue
+            if self.engine.has(r.request_id):
+                state = self.engine.remove(r.request_id)
+            stopped[r.request_id] = (state, ids)
+        return stopped
+
     def _publish_blocks(self, state: DecodeState, first: int, end: int) -> None:
         m = self.meta.get(state.request_id)
         headers = m.trace_headers if m else None
@@ -325,13 +376,15 @@ class WorkerService:
                                  block_length=state.block_length, token_ids=state.canvas_ids[lo:hi], committed_s=now)
             asyncio.ensure_future(self.bus.publish(subjects.request_commit(state.request_id), evt, headers))
 
-    async def _finish(self, state: DecodeState, status: str) -> None:
+    async def _finish(self, state: DecodeState, status: str, stop_ids: list[int] | None = None) -> None:
         m = self.meta.pop(state.request_id)
         self.at_boundary.discard(state.request_id)
         self.migrating.pop(state.request_id, None)
         eos = self.engine.eos_token_id
-        out = output_ids(state, eos)
-        if status == "completed":
+        out = output_ids(state, eos) if stop_ids is None else stop_ids
+        if stop_ids is not None:
+            reason = "stop"
+        elif status == "completed":
             reason = "stop" if eos in state.canvas_ids else "length"
         else:
             reason = "cancelled"
