@@ -399,7 +399,7 @@ class SchedulerService:
         a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
                        assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold,
                        deadline_s=deadline_s if math.isfinite(deadline_s) else None,
-                       priority=s.priority, resume=current != "queued")
+                       priority=s.priority, resume=current != "queued", sampling=s.sampling)
         try:
             ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
         except NoResponders:  # NATS knows no such subscriber: the process is gone, no need to wait for heartbeats
