@@ -1,0 +1,115 @@
+"""Stop strings and sampling parameters without a cluster: the cut rule, the stream's hold-back, the
+worker's stop watch, the gateway's validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.errors import ApiError
+from services.gateway.http_models import CompletionBody, parse_body, sampling_params
+from services.gateway.stops import streamable_text
+from services.worker.engine import new_state
+from services.worker.engine.stops import StopWatch
+from shared.schemas.requests import stop_cut
+
+CHARS = "\x00\x01abcdefghijklmnopqrstuvwxyz "  # token id i is CHARS[i]; 0 = EOS, 1 = mask
+
+
+def _decode(ids: list[int]) -> str:
+    return "".join(CHARS[i] for i in ids)
+
+
+def _ids(text: str) -> list[int]:
+    return [CHARS.index(c) for c in text]
+
+
+def test_stop_cut_is_the_earliest_match():
+    assert stop_cut("hello world", ["world", "o"]) == 4
+    assert stop_cut("hello", ["x"]) is None
+    assert stop_cut("hello", []) is None
+
+
+@pytest.mark.parametrize("text, stops, sent", [
+    ("hello wor", ["world"], "hello "),  # "wor" may become "world": held back
+    ("hello world and", ["world"], "hello "),
+    ("abc", ["x"], "abc"),
+    ("abcab", ["abd", "bx"], "abc"),  # the longest possible start wins ("ab" of "abd")
+    ("aaa", ["aab"], "a"),
+    ("", ["a"], ""),
+])
+def test_streamable_text(text, stops, sent):
+    assert streamable_text(text, stops) == sent
+
+
+def test_a_streamed_prefix_is_always_a_prefix_of_the_final_text():
+    final = "the quick brown fox jumps"
+    stops = ["fox j", "quack"]
+    cut = final[: stop_cut(final, stops)]
+    for n in range(len(final) + 1):
+        assert cut.startswith(streamable_text(final[:n], stops))
+
+
+def _state(canvas: str, masked_from: int | None = None):
+    st = new_state("r", [2], len(canvas), 1, 8)
+    ids = _ids(canvas)
+    if masked_from is not None:
+        ids[masked_from:] = [1] * (len(ids) - masked_from)
+    st.canvas_ids = ids
+    return st
+
+
+def test_stop_watch_sees_only_the_committed_prefix_and_cuts_after_the_match():
+    w = StopWatch(["cd"], _decode, eos_token_id=0)
+    st = _state("abcdef")
+    st.canvas_ids[1] = 1  # a mask before the match: nothing is final past it
+    assert w.check(st) is None
+    st = _state("abcdef")
+    assert w.check(st) == _ids("abcd")  # the output ends just past the stop string
+    w = StopWatch(["ef"], _decode, eos_token_id=0)
+    st = _state("abcdef")
+    st.canvas_ids[3] = 0  # EOS before the match: the text ended
+    assert w.check(st) is None
+
+
+def test_stop_watch_checks_each_growth_once():
+    w = StopWatch(["zz"], _decode, eos_token_id=0)
+    st = _state("abcdefgh", masked_from=4)
+    assert w.check(st) is None and w.checked_len == 4
+    assert w.check(st) is None  # no growth: not decoded again
+    st = _state("abczzfgh")
+    assert w.check(st) == _ids("abczz")
+
+
+def _sampling(body: bytes):
+    return sampling_params(parse_body(body, CompletionBody))
+
+
+def test_sampling_params_defaults_and_drawn_seed():
+    assert _sampling(b'{"prompt": "x"}') is None
+    assert _sampling(b'{"temperature": 0}') is None
+    s = _sampling(b'{"temperature": 0.7}')
+    assert s.seed_drawn and 0 <= s.seed < 2**63 and s.top_p == 1.0
+    s = _sampling(b'{"temperature": 1, "top_p": 0.5, "seed": -4, "stop": "\\n"}')
+    assert (s.temperature, s.top_p, s.seed, s.seed_drawn, s.stop) == (1.0, 0.5, -4, False, ["\n"])
+    assert _sampling(b'{"stop": ["a", "b"]}').stop == ["a", "b"]
+    assert _sampling(b'{"stop": []}') is None
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"temperature": 2.01}', "temperature"),
+    (b'{"temperature": -1}', "temperature"),
+    (b'{"temperature": "hot"}', "temperature"),
+    (b'{"top_p": 0}', "top_p"),
+    (b'{"top_p": 1.5}', "top_p"),
+    (b'{"seed": 9223372036854775808}', "seed"),
+    (b'{"seed": 1.5}', "seed"),
+    (b'{"seed": true}', "seed"),
+    (b'{"stop": ""}', "stop"),
+    (b'{"stop": ["a", ""]}', "stop[1]"),
+    (b'{"stop": ["a", 3]}', "stop[1]"),
+    (b'{"stop": ["1", "2", "3", "4", "5"]}', "stop"),
+])
+def test_bad_sampling_values(body, param):
+    with pytest.raises(ApiError) as exc:
+        _sampling(body)
+    assert exc.value.status == 400 and exc.value.param == param
