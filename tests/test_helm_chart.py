@@ -248,13 +248,24 @@ def test_workers_are_one_deployment_per_instance_configuration_with_gpus_probe_a
     assert spec["terminationGracePeriodSeconds"] == 900  # follows the largest SLO
 
 
-def test_the_readiness_probe_reads_the_workers_own_heartbeat():
+def _probe_module():
     spec = importlib.util.spec_from_file_location("worker_ready", CHART / "files" / "worker_ready.py")
     assert spec and spec.loader
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
-    hb = dict(worker_id="pod-0", instance_config="dilaserve-tiny/cpu/tp1-dual", num_active=0, num_active_tokens=0,
-              max_batch=32, step_latency_ema_s=0.0, tokens_per_step_ema=0.0, num_steps_total=0, sent_s=0.0)
+    return probe
+
+
+def _heartbeat(worker_id: str = "pod-0", draining: bool = False) -> WorkerHeartbeat:
+    return WorkerHeartbeat(worker_id=worker_id, instance_config="dilaserve-tiny/cpu/tp1-dual", num_active=0,
+                           num_active_tokens=0, max_batch=32, step_latency_ema_s=0.0, tokens_per_step_ema=0.0,
+                           num_steps_total=0, sent_s=0.0, draining=draining)
+
+
+def test_the_readiness_probe_reads_the_workers_own_heartbeat(monkeypatch):
+    monkeypatch.delenv("DILASERVE_WORKER_WORKER_ID", raising=False)
+    probe = _probe_module()
+    hb = {f: getattr(_heartbeat(), f) for f in _heartbeat().__struct_fields__ if f != "draining"}
     assert probe.ready(encode(WorkerHeartbeat(**hb)))
     assert not probe.ready(encode(WorkerHeartbeat(**hb, draining=True)))
     assert probe.main() == 1  # no worker id in this environment: not ready, and it says why
@@ -344,3 +355,31 @@ def test_same_images_and_commands_as_compose():
     assert images == {compose["gateway"]["image"].split(":")[0], compose["worker-gpu"]["image"].split(":")[0]}
     collector = by_kind(render(), "Deployment")[f"{RELEASE}-dilaserve-otel-collector"]
     assert collector["spec"]["template"]["spec"]["containers"][0]["image"] == compose["otel-collector"]["image"]
+
+
+async def test_the_readiness_probe_against_a_real_nats_server(nats_url):
+    import asyncio
+
+    from shared import subjects
+    from shared.transport import Bus
+
+    probe = _probe_module()
+    bus = await Bus.connect(nats_url, name="fake-worker")
+    draining = {"now": False}
+
+    async def beat() -> None:  # what a worker sends every heartbeat_interval_s
+        while True:
+            await bus.publish(subjects.worker_heartbeat("pod-0"), _heartbeat(draining=draining["now"]))
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(beat())
+    try:
+        assert await probe.probe(nats_url, "pod-0", 3.0) is True
+        draining["now"] = True
+        await asyncio.sleep(0.2)
+        assert await probe.probe(nats_url, "pod-0", 3.0) is False
+        with pytest.raises(Exception):  # no heartbeat for this pod: not ready (main() exits 1)
+            await probe.probe(nats_url, "pod-1", 0.5)
+    finally:
+        task.cancel()
+        await bus.close()

@@ -26,8 +26,15 @@ def ready(data: bytes) -> bool:
     return not decode(data, WorkerHeartbeat).draining
 
 
+async def _quiet(exc: Exception) -> None:
+    return None  # the exit status and one line say it; the client's own tracebacks would flood the log
+
+
 async def probe(url: str, worker_id: str, timeout_s: float) -> bool:
-    nc = await nats.connect(url, connect_timeout=timeout_s, allow_reconnect=False, name=f"probe-{worker_id}")
+    # Two connection attempts at most: the client would otherwise retry for minutes past the probe timeout.
+    nc = await nats.connect(url, connect_timeout=timeout_s, allow_reconnect=False, max_reconnect_attempts=1,
+                            reconnect_time_wait=0.2,
+                            error_cb=_quiet, name=f"probe-{worker_id}")
     try:
         sub = await nc.subscribe(subjects.worker_heartbeat(worker_id))
         msg = await sub.next_msg(timeout=timeout_s)
@@ -43,7 +50,7 @@ def main() -> int:
         print("DILASERVE_WORKER_WORKER_ID is not set", file=sys.stderr)
         return 1
     try:
-        ok = asyncio.run(probe(url, worker_id, TIMEOUT_S))
+        ok = asyncio.run(asyncio.wait_for(probe(url, worker_id, TIMEOUT_S), 2 * TIMEOUT_S))
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         print(f"not ready: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
