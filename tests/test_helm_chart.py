@@ -117,6 +117,18 @@ def test_helm_lint_finds_nothing_but_the_unvendored_dependencies():
                                                                                "redis": "missing"}
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"workers": {"instances": [{"name": "TP1", "replicas": 1, "gpus": 0}]}}, "does not match pattern"),
+    ({"workers": {"instances": []}}, "minItems|minimum 1 items|at least 1"),
+    ({"planner": {"actuator": "k8s"}}, "'local', 'kubernetes'"),
+    ({"env": {"WORKER_DEVICE": "cuda"}}, "invalid propertyName"),
+    ({"serviceMonitor": {"enabled": "yes"}}, "serviceMonitor/enabled"),
+])
+def test_values_schema_refuses_bad_values_with_the_key_named(values, message):
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError, match=message):
+        chart.render(values, name=RELEASE, namespace=NS)
+
+
 # --- Kubernetes schemas ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())

@@ -371,6 +371,9 @@ def test_without_a_namespace_outside_a_pod_the_error_says_what_to_set(tmp_path, 
     with pytest.raises(ValueError, match="planner.k8s_namespace is not set"):
         kube_api.own_namespace("")
     assert kube_api.own_namespace("prod") == "prod"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ValueError, match="needs a pod's service account or planner.k8s_api_url"):
+        KubeApi("prod")
 
 
 class _Bus:

@@ -51,7 +51,10 @@ class KubeApi:
         if api_url:  # e.g. `kubectl proxy`, which adds the credentials itself
             api_client = client.ApiClient(client.Configuration(host=api_url))
         else:
-            config.load_incluster_config()
+            try:
+                config.load_incluster_config()
+            except config.ConfigException as exc:
+                raise ValueError(f"planner.actuator=kubernetes needs a pod's service account or planner.k8s_api_url: {exc}") from None
             api_client = client.ApiClient()
         self.namespace = namespace
         self.apps = client.AppsV1Api(api_client)
