@@ -423,3 +423,12 @@ async def test_a_planning_round_that_adds_a_worker_scales_its_deployment(fake_ap
     assert new is not None and store.plan is new and {ic.config: ic.count for ic in new.instances} == {"tp1-dual": 2}
     assert svc.last_actuation.ready == {"tp1-dual": 2} and fake_api.deployments["w-tp1"].replicas == 2
     await svc.actuator.close()
+
+
+async def test_an_unreachable_api_server_at_start_falls_back_to_the_static_plan(fake_api):
+    cfg = _cfg(fake_api.url, "tp1-dual=missing-deployment")  # 404 from the API server
+    svc = object.__new__(PlannerService)
+    svc.cfg, svc.actuator = cfg, make_actuator(cfg)
+    plan = await svc.initial_plan(0.0)
+    assert plan.reason == "static" and {ic.config: ic.count for ic in plan.instances} == {"tp1-dual": 2}
+    await svc.actuator.close()

@@ -109,7 +109,12 @@ class PlannerService:
 
     async def initial_plan(self, now_s: float) -> Plan:
         """What runs before any plan: what the actuator sees deployed, else ``num_workers`` x ``instance_config``."""
-        seen = await self.actuator.observed()
+        try:
+            seen = await self.actuator.observed()
+        except Exception as exc:  # e.g. the API server briefly unreachable: start, the next plan corrects it
+            log.warning("the %s actuator could not say what is deployed (%s): starting from the static plan",
+                        self.actuator.name, exc)
+            seen = None
         if not seen:
             return static_plan(self.cfg, now_s)
         ic = [InstanceCount(config=g, count=n) for g, n in sorted(seen.items()) if n > 0]
