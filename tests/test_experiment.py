@@ -1,0 +1,214 @@
+"""`dilaserve experiment`: sweep order, one workload for both drivers, aggregation over repeats, the
+report from synthetic outcomes, the simulator's live-cluster effects, and one small live run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.sim.effects import ClusterEffects
+from shared.sim.engine import simulate
+from shared.sim.runner import SimSpec, workload_rows
+from shared.sim.workload import SimRequest, SloClass
+from tooling.experiment_metrics import aggregate, spread, summarize_run, tokens_per_step
+from tooling.experiment_report import points, write_json, write_plots
+from tooling.experiment_run import ExperimentSpec, RunKey, run_sim, sweep_order
+from tooling.experiment_workload import WorkloadSpec, build_workload, slo_classes
+from tooling.loadgen import CONNECTION_ERROR, REFUSED, SERVED, Outcome
+
+MIX = "interactive:0.3:2:1,batch:0.7:6:0:0.8"
+
+
+def encode(text: str) -> list[int]:
+    return [ord(c) % 64 for c in text]  # one token per character, as the tiny model's tokenizer
+
+
+def wspec(**kw) -> WorkloadSpec:
+    base = dict(trace="azure_conv", duration_s=30.0, seed=3, slo_ms=400.0, classes=slo_classes(MIX), max_tokens=40,
+                block_len=8, max_positions=128, tasks=("add", "sub", "rev"))
+    return WorkloadSpec(**{**base, **kw})
+
+
+# --- sweep order -------------------------------------------------------------------------------------------
+def test_sweep_interleaves_policies_and_rates_inside_each_repeat():
+    pols, rates = ["fcfs", "balance", "tedi", "dilaserve"], [10.0, 20.0, 30.0]
+    order = sweep_order(pols, rates, 3)
+    assert len(order) == 3 * 3 * 4
+    for k in range(3):
+        block = order[k * 12:(k + 1) * 12]
+        assert {r.repeat for r in block} == {k}
+        assert Counter((r.rps, r.policy) for r in block) == Counter((x, p) for x in rates for p in pols)
+        for a, b in zip(block, block[1:]):
+            assert a.policy != b.policy  # never two runs of one policy back to back
+    assert [order[k * 12].policy for k in range(3)] == ["fcfs", "balance", "tedi"]  # the first one rotates
+
+
+# --- workload ----------------------------------------------------------------------------------------------
+def test_live_and_simulated_requests_share_arrivals_lengths_and_slo_classes():
+    spec = wspec()
+    reqs = build_workload(spec, 20.0, encode)
+    rows = workload_rows(SimSpec(trace="azure_conv", duration_s=30.0, seed=3), 20.0)
+    assert len(reqs) == len(rows) > 100
+    assert [r.shot.at_s for r in reqs] == [r.sim.arrival_s for r in reqs] == [row.t for row in rows]
+    classes = {c.name: c for c in spec.classes}
+    for r in reqs:
+        assert r.sim.prompt_len == len(encode(r.shot.prompt))
+        assert r.sim.output_len == r.shot.max_tokens == min(40, 128 - r.sim.prompt_len)
+        c = classes[r.sim.cls]
+        assert r.shot.dlm["slo_ms"] == pytest.approx(r.sim.slo_s * 1000) == pytest.approx(c.multiplier * 400)
+        assert r.shot.dlm["priority"] == r.sim.priority == c.priority
+        assert r.shot.dlm.get("min_threshold", 0.0) == r.sim.min_threshold == c.min_threshold
+    share = sum(r.sim.cls == "interactive" for r in reqs) / len(reqs)
+    assert 0.2 < share < 0.4
+    again = build_workload(spec, 20.0, encode)
+    assert [(r.shot, r.sim) for r in again] == [(r.shot, r.sim) for r in reqs]  # every repeat replays the same
+
+
+def test_canvas_is_clipped_to_the_context_and_tedi_gets_the_mean_slo():
+    spec = wspec(max_positions=20, max_tokens=16, tasks=("add", "sub"))
+    reqs = build_workload(spec, 10.0, encode)
+    assert all(r.sim.prompt_len + r.sim.output_len == 20 for r in reqs)
+    assert spec.mean_slo_s() == pytest.approx((0.3 * 2 + 0.7 * 6) * 0.4)
+
+
+# --- metrics and aggregation -------------------------------------------------------------------------------
+def _req(i: int, cls: str = "default", out: int = 32) -> object:
+    from tooling.experiment_workload import Request
+    from tooling.loadgen import Shot
+    return Request(Shot(i * 0.1, "1+1=", "2", "add", out, {"slo_ms": 400}),
+                   SimRequest(f"r{i:06d}", i * 0.1, 4, out, 0.4, 0, 0.0, cls))
+
+
+def _served(latency: float, met: bool, correct: bool, tau: float = 0.9, steps: int = 8) -> Outcome:
+    return Outcome(True, latency, slo_met=met, correct=correct, kind=SERVED, http_status=200, threshold_mean=tau,
+                   steps=steps, timings_ms={"worker_ms": 100.0, "worker_forward_ms": 80.0})
+
+
+def test_run_summary_counts_refusals_and_errors_as_misses():
+    work = [_req(0, "a"), _req(1, "a"), _req(2, "b", 16), _req(3, "b")]
+    outs = [_served(0.2, True, True, 0.9), _served(0.5, False, False, 0.6),
+            Outcome(False, 0.01, error="HTTP 503", kind=REFUSED, http_status=503),
+            Outcome(False, 1.0, error="read", kind=CONNECTION_ERROR)]
+    s = summarize_run(work, outs, duration_s=2.0)
+    assert s["slo_attainment"] == 0.25 and s["slo_attainment_served"] == 0.5
+    assert s["goodput_rps"] == 0.5 and s["accuracy"] == 0.5
+    assert s["mean_threshold"] == pytest.approx(0.75)  # weighted by canvas (32 and 32)
+    assert s["outcomes"]["refused_deadline_unmeetable"] == 1 and s["outcomes"]["connection_errors"] == 1
+    assert s["attainment_by_class"] == {"a": 0.5, "b": 0.0}
+    with pytest.raises(ValueError):
+        summarize_run(work, outs[:3], 2.0)
+
+
+def test_tokens_per_step_pools_requests_that_ran_at_one_tau():
+    work = [_req(0), _req(1), _req(2)]
+    outs = [_served(0.1, True, True, 0.9, 8), _served(0.1, True, True, 0.9, 4), _served(0.1, True, True, 0.73, 2)]
+    assert tokens_per_step(list(zip(work, outs)), (0.9, 0.8, 0.7)) == {0.9: round(64 / 12, 4)}
+
+
+def _run(policy: str, rps: float, repeat: int, att: float | None, refused: int = 0) -> dict:
+    live = {"slo_attainment": att, "goodput_rps": att, "latency_p50_s": 0.2, "latency_p99_s": 0.5,
+            "mean_threshold": 0.9, "accuracy": 0.95,
+            "outcomes": {"refused_deadline_unmeetable": refused, "connection_errors": 0,
+                         "http_errors_by_status": {"500": 1} if refused else {}}}
+    return {"policy": policy, "rps": rps, "repeat": repeat, "live": live, "cpu_cores": {"services": 0.2},
+            "warmup_overhead_parts_p50_ms": {"to_scheduler_ms": 2.0, "to_worker_ms": 1.0, "result_return_ms": 1.0}}
+
+
+def test_aggregation_gives_the_spread_over_repeats():
+    runs = [_run("fcfs", 10.0, 0, 0.9, 1), _run("fcfs", 10.0, 1, 0.7, 2), _run("fcfs", 10.0, 2, None),
+            _run("dilaserve", 10.0, 0, 1.0)]
+    agg = aggregate(runs)
+    a = agg[(10.0, "fcfs")]["slo_attainment"]
+    assert (a["mean"], a["min"], a["max"], a["n"]) == (0.8, 0.7, 0.9, 2)
+    assert a["std"] == pytest.approx(0.1)
+    assert agg[(10.0, "fcfs")]["repeats"] == 3 and agg[(10.0, "fcfs")]["refused"] == 3
+    assert agg[(10.0, "fcfs")]["http_errors_by_status"] == {"500": 2}
+    assert agg[(10.0, "dilaserve")]["slo_attainment"]["std"] == 0.0
+    assert spread([None]) == {"mean": None, "min": None, "max": None, "std": None, "n": 0}
+
+
+def test_report_json_and_plots_from_synthetic_outcomes(tmp_path: Path):
+    runs = [_run(p, r, k, a) for p, a in (("fcfs", 0.6), ("dilaserve", 0.9)) for r in (10.0, 20.0) for k in (0, 1)]
+    sim = {(r, p): {"slo_attainment": 0.5, "latency_p50_s": 0.25} for r in (10.0, 20.0) for p in ("fcfs", "dilaserve")}
+    report = {"config": {"policies": ["fcfs", "dilaserve"]}, "runs": runs, "points": points(runs, sim, {10.0: 5})}
+    path = write_json(report, tmp_path / "x.json")
+    data = json.loads(path.read_text())
+    assert [p["rps"] for p in data["points"]] == [10.0, 20.0]
+    for p in data["points"]:
+        for name in ("fcfs", "dilaserve"):
+            v = p["policies"][name]
+            assert v["live"]["slo_attainment"]["n"] == 2 and v["sim"]["slo_attainment"] == 0.5
+            assert v["gap"]["latency_p50_rel"] == pytest.approx(0.25)
+    assert data["points"][0]["policies"]["fcfs"]["gap"]["attainment"] == pytest.approx(-0.1)
+    for png in write_plots(data, tmp_path / "img"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the simulator's live-cluster effects ------------------------------------------------------------------
+def _lone(n: int = 1, gap: float = 10.0) -> list[SimRequest]:
+    return [SimRequest(f"r{i}", i * gap, 16, 32, 30.0) for i in range(n)]
+
+
+def _latency(effects: ClusterEffects | None, reqs: list[SimRequest], configs=("tp1",)) -> list[float]:
+    kw = {"effects": effects} if effects is not None else {}
+    res = simulate("fcfs", reqs, list(configs), "tiny-cpu", 0, block_len=8, **kw)
+    return sorted(r.finish_s - r.arrival_s for r in res.requests)
+
+
+def test_default_effects_change_nothing_and_delays_add_up():
+    reqs = _lone(3)
+    base = _latency(None, reqs)
+    assert _latency(ClusterEffects(), reqs) == base
+    delayed = _latency(ClusterEffects(arrival_delay_s=0.01, dispatch_delay_s=0.02, result_delay_s=0.03), reqs)
+    assert delayed == pytest.approx([b + 0.06 for b in base])
+    slower = _latency(ClusterEffects(step_scale=2.0), reqs)
+    assert slower == pytest.approx([2 * b for b in base])
+
+
+def test_shared_cpu_stretches_steps_only_when_oversubscribed():
+    two = _lone(2, gap=0.0)  # two requests at once on two instances
+    alone = _latency(None, two, ("tp1", "tp1"))
+    assert _latency(ClusterEffects(cpu_cores=2.0), two, ("tp1", "tp1")) == pytest.approx(alone)
+    shared = _latency(ClusterEffects(cpu_cores=1.0, service_cores=0.5), two, ("tp1", "tp1"))
+    assert min(shared) > min(alone) * 1.4
+
+
+def test_simulated_side_recovers_a_known_step_slowdown():
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0], repeats=1, sim_cores=2.0, workers=1,
+                          workload=wspec(duration_s=20.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
+    work = {2.0: build_workload(spec.workload, 2.0, encode)}
+    from shared.profiles import profile_path
+    from tooling.experiment_sim import SimSetup, profile_cost, simulate_point
+    setup = SimSetup(1, profile_cost(profile_path(spec.model_dir, "cpu")), 8, None, {0.9: 8.0}, 1.0, 3)
+    res = simulate_point("fcfs", [r.sim for r in work[2.0]], setup, ClusterEffects(cpu_cores=2.0))
+    fwd = {r.request_id: r.step_s for r in res.requests}
+    pairs = [(RunKey(0, 2.0, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,  # 40 tokens: 8 a step
+                                                 timings_ms={"worker_forward_ms": 3000 * fwd[w.sim.request_id],
+                                                             "worker_ms": 3000 * fwd[w.sim.request_id]}))
+             for w in work[2.0]]
+    sim, measured = run_sim(spec, work, [_run("fcfs", 2.0, 0, 1.0)], pairs)
+    assert measured["step_scale"] == pytest.approx(3.0, rel=0.02)
+    assert measured["effects_by_rps"][2.0]["arrival_delay_s"] == pytest.approx(0.002)
+    assert sim[(2.0, "fcfs")]["requests"] == len(work[2.0])
+
+
+# --- one small live run ------------------------------------------------------------------------------------
+def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
+    from tooling import experiment
+    p = argparse.ArgumentParser()
+    experiment.add_arguments(p)
+    args = p.parse_args(["--policies", "fcfs,dilaserve", "--rates", "3", "--repeats", "1", "--duration", "2",
+                         "--workers", "1", "--warmup-s", "0.5", "--trace", "poisson", "--slo-ms", "5000",
+                         "--tasks", "add,sub", "--timeout", "60", "--out-dir", str(tmp_path)])
+    assert experiment.main(args) == 0
+    data = json.loads((tmp_path / "experiment.json").read_text())
+    (point,) = data["points"]
+    assert set(point["policies"]) == {"fcfs", "dilaserve"}
+    for v in point["policies"].values():
+        assert v["live"]["slo_attainment"]["n"] == 1 and 0.0 <= v["live"]["slo_attainment"]["mean"] <= 1.0
+        assert 0.0 <= v["sim"]["slo_attainment"] <= 1.0
+    assert len(data["runs"]) == 2 and (tmp_path / "attainment_vs_rate.png").exists()
