@@ -263,6 +263,17 @@ async def test_scale_down_drains_the_idle_pods_and_waits_until_they_are_gone(fak
     await act.close()
 
 
+async def test_a_mark_left_on_a_keeper_by_an_earlier_scale_down_is_cleared(fake_api):
+    idle, busy = fake_api.add("w-tp1", 2)  # the busy one is the newest: the ReplicaSet's pick on a tie
+    fake_api.deployments["w-tp1"].pods[busy].cost = -1000  # an earlier scale-down timed out
+    act = _actuator(fake_api, "tp1-dual=w-tp1")
+    act.view.load = {busy: 4, idle: 0}
+    res = await act.apply(_plan(tp1_dual=1))
+    assert res.drained == [idle] and list(fake_api.deployments["w-tp1"].pods) == [busy]
+    assert fake_api.annotated == {idle: -1000, busy: 0}
+    await act.close()
+
+
 async def test_a_change_of_configuration_drains_before_it_scales_up(fake_api):
     fake_api.add("w-dual", 2)
     fake_api.add("w-prefix", 0)

@@ -30,6 +30,7 @@ class PodInfo:
     name: str
     created: datetime | None
     terminating: bool
+    deletion_cost: int = 0
 
 
 def own_namespace(configured: str) -> str:
@@ -40,6 +41,13 @@ def own_namespace(configured: str) -> str:
     except OSError:
         raise ValueError("planner.k8s_namespace is not set and this process is not in a pod "
                          f"({NAMESPACE_FILE} is unreadable)") from None
+
+
+def _cost(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 class KubeApi:
@@ -81,8 +89,8 @@ class KubeApi:
 
     def pods(self, selector: str) -> list[PodInfo]:
         items = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        return [PodInfo(p.metadata.name, p.metadata.creation_timestamp, p.metadata.deletion_timestamp is not None)
-                for p in items]
+        return [PodInfo(p.metadata.name, p.metadata.creation_timestamp, p.metadata.deletion_timestamp is not None,
+                        _cost((p.metadata.annotations or {}).get(DELETION_COST))) for p in items]
 
     def set_deletion_cost(self, pod: str, cost: int) -> None:
         body = {"metadata": {"annotations": {DELETION_COST: str(int(cost))}}}

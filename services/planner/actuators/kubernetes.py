@@ -87,6 +87,9 @@ class KubernetesActuator:
         victims = self.choose_victims(config, pods, target)
         for pod in victims:
             await asyncio.to_thread(self.api.set_deletion_cost, pod, DRAIN_COST)
+        for p in pods:  # a mark left by an earlier scale-down that timed out must not pick a keeper
+            if p.deletion_cost and p.name not in victims:
+                await asyncio.to_thread(self.api.set_deletion_cost, p.name, 0)
         await asyncio.to_thread(self.api.set_scale, name, target)
         log.info("%s: %d -> %d, draining %s", name, have, target, victims)
         if await self._wait(lambda: self._drained(name, state.selector, set(victims), target)):
