@@ -57,6 +57,9 @@ def test_errors_map_to_openai_exceptions(client):
 # Stop strings are chosen from the greedy output the test first obtains (the task makes it long and
 # varied: rev reverses its letters), never from a fixed expected text.
 REV = "rev:abcdefghijklmnop="
+# Not a task prompt: the model's distributions are flat here, so different draws give different texts
+# and a non-deterministic draw would show.
+FREE = "Hello, how are you?"
 
 
 def _complete(client, **kw):
@@ -121,12 +124,12 @@ def test_chat_stop(client):
 def test_same_seed_same_output_alone_twice_and_in_a_batch(client):
     from concurrent.futures import ThreadPoolExecutor
 
-    kw = dict(prompt="sort:9381726450=", temperature=1.5, top_p=0.95, seed=1234)
+    kw = dict(prompt=FREE, temperature=1.0, top_p=0.95, seed=1234)
     first = _complete(client, **kw).choices[0].text
     assert _complete(client, **kw).choices[0].text == first
     with ThreadPoolExecutor(6) as pool:  # the same request among others with other seeds and prompts
-        others = [pool.submit(_complete, client, prompt=p, temperature=1.5, seed=s)
-                  for p, s in (("rev:qwertyuiop=", 1), ("123+456=", 2), (REV, 3), ("sort:55321=", 4), ("rev:zyx=", 5))]
+        others = [pool.submit(_complete, client, prompt=p, temperature=1.0, seed=s)
+                  for p, s in ((FREE, 1), ("123+456=", 2), (REV, 3), (FREE, 4), ("rev:zyx=", 5))]
         mine = pool.submit(_complete, client, **kw)
         assert mine.result().choices[0].text == first
         assert all(f.result().choices[0].finish_reason in ("stop", "length") for f in others)
@@ -145,7 +148,7 @@ def test_temperature_zero_is_the_greedy_output(client, greedy):
 
 
 def test_unseeded_sampling_returns_its_seed_and_can_be_replayed(client):
-    kw = dict(prompt="sort:9381726450=", temperature=1.5)
+    kw = dict(prompt=FREE, temperature=1.0)
     c = _complete(client, **kw)
     s = c.model_extra["dlm"]["sampling"]
     assert s["seed_drawn"] is True and isinstance(s["seed"], int)

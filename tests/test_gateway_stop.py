@@ -113,3 +113,19 @@ def test_bad_sampling_values(body, param):
     with pytest.raises(ApiError) as exc:
         _sampling(body)
     assert exc.value.status == 400 and exc.value.param == param
+
+
+def test_sampling_travels_losslessly_to_the_worker():
+    from shared.schemas.codec import decode, encode
+    from shared.schemas.records import RequestRecord
+    from shared.schemas.requests import Assignment, Sampling, SubmitRequest
+
+    s = Sampling(temperature=0.7, top_p=0.9, seed=-(2**63), seed_drawn=True, stop=["\n", "END"])
+    sub = SubmitRequest(request_id="r", model="m", prompt_ids=[5], max_tokens=8, arrival_s=1.0, gateway_id="g", sampling=s)
+    rec = RequestRecord(request_id="r", state="queued", submit=sub)
+    assert decode(encode(rec), RequestRecord).submit.sampling == s  # the scheduler's view after a restart
+    a = Assignment(request_id="r", prompt_ids=[5], max_tokens=8, arrival_s=1.0, assigned_s=1.1, threshold_cap=0.9,
+                   sampling=s)
+    assert decode(encode(a), Assignment) == a
+    old = b'{"type":"assignment","request_id":"r","prompt_ids":[5],"max_tokens":8,"arrival_s":1.0,"assigned_s":1.1,"threshold_cap":0.9}'
+    assert decode(old, Assignment).sampling is None  # a message without the field is greedy, no stops

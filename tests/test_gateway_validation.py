@@ -47,6 +47,18 @@ CASES = [
     (C, {"prompt": "1+1=", "priority": "high"}, {}, 400, "priority"),
     (C, {"prompt": "1+1=", "n": 2}, {}, 400, "n"),
     (C, {"prompt": "x" * 200}, {}, 400, "prompt"),
+    (C, {"prompt": "1+1=", "temperature": 2.5}, {}, 400, "temperature"),
+    (C, {"prompt": "1+1=", "temperature": "warm"}, {}, 400, "temperature"),
+    (CHAT, {"messages": OK_MSGS, "temperature": -1}, {}, 400, "temperature"),
+    (C, {"prompt": "1+1=", "top_p": 0}, {}, 400, "top_p"),
+    (CHAT, {"messages": OK_MSGS, "top_p": 1.01}, {}, 400, "top_p"),
+    (C, {"prompt": "1+1=", "seed": 2**63}, {}, 400, "seed"),
+    (C, {"prompt": "1+1=", "seed": "42"}, {}, 400, "seed"),
+    (C, {"prompt": "1+1=", "stop": ""}, {}, 400, "stop"),
+    (CHAT, {"messages": OK_MSGS, "stop": ["=", ""]}, {}, 400, "stop[1]"),
+    (C, {"prompt": "1+1=", "stop": ["1", "2", "3", "4", "5"]}, {}, 400, "stop"),
+    (C, {"prompt": "1+1=", "stop": "s" * 257}, {}, 400, "stop"),
+    (C, {"prompt": "1+1=", "stop": {"a": 1}}, {}, 400, "stop"),
 ]
 
 
