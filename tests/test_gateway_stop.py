@@ -129,3 +129,39 @@ def test_sampling_travels_losslessly_to_the_worker():
     assert decode(encode(a), Assignment) == a
     old = b'{"type":"assignment","request_id":"r","prompt_ids":[5],"max_tokens":8,"arrival_s":1.0,"assigned_s":1.1,"threshold_cap":0.9}'
     assert decode(old, Assignment).sampling is None  # a message without the field is greedy, no stops
+
+
+def test_worker_takes_a_stopped_request_out_of_the_batch_at_once():
+    from types import SimpleNamespace
+
+    import torch
+
+    from services.worker.engine import DenoisingEngine, output_ids, run_to_completion
+    from services.worker.model import LLaDAConfig, LLaDAModelLM
+    from services.worker.service import WorkerService
+    from shared.config import WorkerConfig
+
+    torch.manual_seed(0)
+    model = LLaDAModelLM(LLaDAConfig(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=48, vocab_size=64,
+                                     embedding_size=64, max_sequence_length=64, mask_token_id=1, eos_token_id=0,
+                                     pad_token_id=0)).eval()
+    engine = DenoisingEngine(model, "dual")
+    decode = lambda ids: "".join(chr(48 + i) for i in ids)  # noqa: E731 - one character per token
+    prompt = next(p for p in ([k, k + 3, k + 7] for k in range(2, 50))
+                  if len(output_ids(run_to_completion(engine, [new_state("g", p, 24, 1, 8, threshold=0.5)], 1)
+                                    .finished["g"], 0)) >= 12)
+    full = output_ids(run_to_completion(engine, [new_state("g", prompt, 24, 1, 8, threshold=0.5)], 1).finished["g"], 0)
+    stop = decode(full[2:4])
+    svc = WorkerService(WorkerConfig(), "w", None, None, engine, None, control=object(), decode=decode)
+    svc.meta["s"] = SimpleNamespace(stop=svc._stop_watch(SimpleNamespace(stop=[stop])))
+    engine.add(new_state("s", prompt, 24, 1, 8, threshold=0.5))
+    engine.add(new_state("other", prompt, 24, 1, 8, threshold=0.5))
+    for _ in range(24):
+        out = engine.step()
+        stopped = svc._take_stopped(out, {s.request_id: s for s in out.finished})
+        if stopped:
+            break
+    state, ids = stopped["s"]
+    assert not engine.has("s") and "s" not in {s.request_id for s in out.finished}  # out before the canvas is done
+    assert state.num_masked > 0 and engine.has("other")
+    assert decode(ids).startswith(decode(full[: decode(full).find(stop)]) + stop) and len(ids) <= 4
