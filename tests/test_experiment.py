@@ -13,11 +13,11 @@ import pytest
 from shared.sim.effects import ClusterEffects
 from shared.sim.engine import simulate
 from shared.sim.runner import SimSpec, workload_rows
-from shared.sim.workload import SimRequest, SloClass
+from shared.sim.workload import SimRequest, SloClass, load_trace
 from tooling.experiment_metrics import aggregate, spread, summarize_run, tokens_per_step
 from tooling.experiment_report import points, write_json, write_plots
 from tooling.experiment_run import ExperimentSpec, RunKey, run_sim, sweep_order
-from tooling.experiment_workload import WorkloadSpec, build_workload, slo_classes
+from tooling.experiment_workload import WorkloadSpec, build_workload, slo_classes, window_rows
 from tooling.loadgen import CONNECTION_ERROR, REFUSED, SERVED, Outcome
 
 MIX = "interactive:0.3:2:1,batch:0.7:6:0:0.8"
@@ -51,9 +51,10 @@ def test_sweep_interleaves_policies_and_rates_inside_each_repeat():
 def test_live_and_simulated_requests_share_arrivals_lengths_and_slo_classes():
     spec = wspec()
     reqs = build_workload(spec, 20.0, encode)
-    rows = workload_rows(SimSpec(trace="azure_conv", duration_s=30.0, seed=3), 20.0)
-    assert len(reqs) == len(rows) > 100
+    rows = window_rows("azure_conv", 20.0, 30.0)
+    assert len(reqs) == len(rows) == 600  # the window holds rate × duration
     assert [r.shot.at_s for r in reqs] == [r.sim.arrival_s for r in reqs] == [row.t for row in rows]
+    assert max(r.sim.arrival_s for r in reqs) < 30.0
     classes = {c.name: c for c in spec.classes}
     for r in reqs:
         assert r.sim.prompt_len == len(encode(r.shot.prompt))
@@ -66,6 +67,18 @@ def test_live_and_simulated_requests_share_arrivals_lengths_and_slo_classes():
     assert 0.2 < share < 0.4
     again = build_workload(spec, 20.0, encode)
     assert [(r.shot, r.sim) for r in again] == [(r.shot, r.sim) for r in reqs]  # every repeat replays the same
+
+
+def test_window_keeps_the_trace_shape_and_trace_basis_is_simulates_rescaling():
+    trace = [row.t for row in load_trace("azure_conv")[:61]]
+    win = [row.t for row in window_rows("azure_conv", 6.0, 10.0)]
+    assert len(win) == 60 and win[0] == 0.0
+    assert win == pytest.approx([t * 10.0 / trace[60] for t in trace[:60]])  # one time factor: same bursts
+    reqs = build_workload(wspec(rate_basis="trace"), 20.0, encode)
+    rows = workload_rows(SimSpec(trace="azure_conv", duration_s=30.0, seed=3), 20.0)
+    assert [r.sim.arrival_s for r in reqs] == [row.t for row in rows]
+    long = window_rows("azure_conv", 30000.0, 1.0)  # more arrivals than the trace has: tiled
+    assert len(long) == 30000 and long == sorted(long, key=lambda r: r.t)
 
 
 def test_canvas_is_clipped_to_the_context_and_tedi_gets_the_mean_slo():

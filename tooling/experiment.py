@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. interactive:0.3:2:1,batch:0.7:6: each class's SLO = multiplier × --slo-ms")
     p.add_argument("--trace", default="azure_conv",
                    help="azure_conv | azure_code | poisson | gamma | a CSV/JSONL trace `simulate` reads")
+    p.add_argument("--rate-basis", choices=("window", "trace"), default="window",
+                   help="window: each run's window of the trace holds rate × duration arrivals; trace: the "
+                        "whole trace's mean rate is the rate (as `simulate`)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out-dir", default=None, help="default runs/experiment-<timestamp>")
     p.add_argument("--warmup-s", type=float, default=5.0, help="closed-loop warm-up before each replay")
@@ -81,7 +84,7 @@ def build_spec(args: argparse.Namespace) -> ExperimentSpec:
         trace=args.trace, duration_s=args.duration, seed=args.seed, slo_ms=args.slo_ms,
         classes=slo_classes(args.slo_mix), max_tokens=args.max_tokens or shape.canvas, block_len=shape.block_len,
         max_positions=shape.max_positions, tasks=tuple(_names(args.tasks)) or default_tasks(),
-        keep_output=args.keep_output)
+        keep_output=args.keep_output, rate_basis=args.rate_basis)
     return ExperimentSpec(policies=_names(args.policies), rates=_floats(args.rates), repeats=args.repeats,
                           workload=workload, workers=args.workers, warmup_s=args.warmup_s, timeout_s=args.timeout,
                           quality=args.quality, sim_cores=args.sim_cores, model_dir=SHIPPED_MODEL_DIR)

@@ -57,6 +57,7 @@ class ExperimentSpec:
                                                                   for c in w.classes],
                 "tedi_slo_s": w.mean_slo_s(), "max_tokens": w.max_tokens, "block_len": w.block_len,
                 "max_positions": w.max_positions, "tasks": list(w.tasks), "keep_output": w.keep_output,
+                "rate_basis": w.rate_basis,
                 "model_dir": str(self.model_dir), "sim_cores": self.sim_cores, "quality": self.quality}
 
 

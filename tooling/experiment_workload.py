@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from lab import tasks as task_suite
-from shared.sim.runner import SimSpec, workload_rows
-from shared.sim.workload import LengthScaling, SimRequest, SloClass, build_requests, parse_slo_mix
+from shared.sim.runner import GENERATORS, SimSpec, workload_rows
+from shared.sim.workload import (LengthScaling, SimRequest, SloClass, TraceRow, build_requests, load_trace,
+                                 native_rps, parse_slo_mix, rescale_arrivals)
 from tooling.loadgen import Shot
 
 
@@ -57,6 +58,10 @@ class WorkloadSpec:
     tasks: tuple[str, ...]
     keep_output: bool = False  # trace output lengths (in whole blocks, ≤ max_tokens) instead of max_tokens
     burst_cv: float = 4.0
+    # "window": the replayed window itself holds rate × duration arrivals (a short window of a trace is
+    # not at the trace's mean rate: azure_conv's first minute runs at 0.6 of it); "trace": `simulate`'s
+    # rescaling, the whole trace's mean rate is the rate
+    rate_basis: str = "window"
 
     def slo_ms_of(self, c: SloClass) -> float:
         return c.multiplier * self.slo_ms
@@ -89,9 +94,34 @@ def problems(n: int, seed: int, tasks: tuple[str, ...]) -> list[task_suite.Probl
             k //= 2
 
 
-def build_workload(spec: WorkloadSpec, rps: float, encode: Callable[[str], list[int]]) -> list[Request]:
+def window_rows(trace: str, rps: float, duration_s: float) -> list[TraceRow]:
+    """The first round(rps × duration) arrivals of the trace (tiled if it is shorter), time scaled by
+    one factor so that the next one would fall at ``duration_s``: the window's rate is ``rps``, its
+    burst shape the trace's."""
+    n = max(1, round(rps * duration_s))
+    base = load_trace(trace)
+    span = (n + 1) / native_rps(base)
+    rows = rescale_arrivals(base, None, span)
+    while len(rows) <= n:
+        span *= 2
+        rows = rescale_arrivals(base, None, span)
+    if rows[n].t <= 0:
+        raise ValueError(f"{trace}: its first {n + 1} arrivals share one timestamp; cannot set a rate")
+    factor = duration_s / rows[n].t
+    return [TraceRow(r.t * factor, r.prompt, r.output) for r in rows[:n]]
+
+
+def arrival_rows(spec: WorkloadSpec, rps: float) -> list[TraceRow]:
+    if spec.rate_basis == "window" and spec.trace not in GENERATORS and "," not in spec.trace:
+        return window_rows(spec.trace, rps, spec.duration_s)
+    if spec.rate_basis not in ("window", "trace"):
+        raise ValueError(f"rate basis {spec.rate_basis!r}: want window or trace")
     sim_spec = SimSpec(trace=spec.trace, duration_s=spec.duration_s, seed=spec.seed, burst_cv=spec.burst_cv)
-    rows = workload_rows(sim_spec, rps)
+    return workload_rows(sim_spec, rps)
+
+
+def build_workload(spec: WorkloadSpec, rps: float, encode: Callable[[str], list[int]]) -> list[Request]:
+    rows = arrival_rows(spec, rps)
     scaling = LengthScaling(output_len=spec.max_tokens, block_len=spec.block_len, keep_output=spec.keep_output)
     drawn = build_requests(rows, scaling, list(spec.classes), 1.0, spec.slo_ms / 1000.0, spec.seed)
     out = []
