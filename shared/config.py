@@ -23,10 +23,14 @@ ENV_PREFIX = "DILASERVE_"
 class NatsConfig:
     url: str = "nats://127.0.0.1:4222"
     submit_max_age_s: float = 3600.0  # accepted-but-unplaced requests are kept this long in JetStream
+    # High availability: the URL may list several servers (comma-separated, one cluster); the submit
+    # stream is then kept on this many of them (3 for a 3-node cluster). Never lowered on an existing stream.
+    stream_replicas: int = 1
 
 
 @dataclass
 class RedisConfig:
+    # or redis+sentinel://host:port,host:port/<master name>/<db>: the master through Sentinel (failover)
     url: str = "redis://127.0.0.1:6379/0"
     result_ttl_s: int = 3600  # finished request records expire after this
     max_connections: int = 64  # per process; beyond it commands wait for a free connection
@@ -119,8 +123,16 @@ class SchedulerConfig:
     # "": off; a path: every input of the policy core and every decision, as JSON lines (shared/policy/
     # recording.py), for replaying the live scheduler through the simulator's core (shared/sim/recorded.py)
     record_path: str = ""
+    # Leader lease (docs/operations.md, "High availability"): of the schedulers sharing a Redis, the one
+    # holding the lease consumes submissions and places requests; the others stand by. scheduler_id
+    # (env DILASERVE_SCHEDULER_SCHEDULER_ID) names the holder: unique per instance, stable across its restarts.
+    lease_ttl_s: float = 3.0  # a leader that stops renewing is replaced this long after its last renewal
+    lease_renew_s: float = 0.5  # the leader renews, and a standby tries to take the lease, this often
 
     def __post_init__(self) -> None:
+        if not 0 < self.lease_renew_s < self.lease_ttl_s:
+            raise ValueError(f"scheduler.lease_renew_s must be > 0 and below scheduler.lease_ttl_s "
+                             f"({self.lease_ttl_s:g}), got {self.lease_renew_s:g}")
         if self.cost_model not in ("", *COST_MODELS):  # a profile path goes in cost_profile
             raise ValueError(f"scheduler.cost_model must be '' or one of {COST_MODELS}, got {self.cost_model!r}")
 

@@ -25,17 +25,34 @@ def setup(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def run_until_signal(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]]) -> int:
-    """Run ``start()`` (which returns an async ``stop``), wait for SIGINT/SIGTERM, then ``stop()``."""
+class Shutdown:
+    """A service's own reason to end (e.g. a scheduler that lost its leader lease): the process stops as
+    on SIGTERM, but exits with ``code`` so that its supervisor sees a failure and starts it again."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self.event = asyncio.Event()
+
+    def request(self, code: int, reason: str) -> None:
+        if not self.event.is_set():
+            logging.getLogger("dilaserve").error("stopping: %s (exit code %d)", reason, code)
+            self.code = code
+            self.event.set()
+
+
+def run_until_signal(start: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+                     shutdown: Shutdown | None = None) -> int:
+    """Run ``start()`` (which returns an async ``stop``), wait for SIGINT/SIGTERM (or ``shutdown``),
+    then ``stop()``. Returns the exit code: 0, or the one ``shutdown`` was requested with."""
+    shutdown = shutdown or Shutdown()
 
     async def _main() -> None:
-        stop_event = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop_event.set)
+            loop.add_signal_handler(sig, shutdown.event.set)
         stop = await start()
-        await stop_event.wait()
+        await shutdown.event.wait()
         await stop()
 
     asyncio.run(_main())
-    return 0
+    return shutdown.code

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
-from services.common.runtime import add_common_arguments, run_until_signal, setup
+from services.common.runtime import Shutdown, add_common_arguments, run_until_signal, setup
 from shared.config import Config
 
 log = logging.getLogger("dilaserve.scheduler")
@@ -36,32 +37,63 @@ def scheduler_cost_model(cfg: Config):
     return live_cost_model(sc.cost_model, prior, profiles, sc.cost_quantile)
 
 
+LEASE_LOST_EXIT = 3  # a deposed leader exits with this code: its supervisor restarts it as a standby
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = setup(args)
+    shutdown = Shutdown()
 
     async def start():
+        from services.scheduler.leader import Election
         from services.scheduler.service import SchedulerService
         from shared.policy.live import live_core
         from shared.telemetry import setup_telemetry
         from shared.transport import Bus, Store
+        from shared.transport.lease import Lease
 
         tel = setup_telemetry("scheduler")
-        bus = await Bus.connect(cfg.nats.url, name=cfg.scheduler.scheduler_id)
-        store = await Store.from_config(cfg.redis)
         sc = cfg.scheduler
+        bus = await Bus.connect(cfg.nats.url, name=sc.scheduler_id)
+        store = await Store.from_config(cfg.redis)
         policy = live_core(sc.policy, scheduler_cost_model(cfg), global_slo_s=sc.global_slo_s,
                            drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s, lc_period_s=sc.lc_period_s,
                            place_safety=sc.place_safety)
         log.info("scheduling policy %s", sc.policy)
-        svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length)
-        await svc.start()
+        lease = Lease(store, sc.scheduler_id, sc.lease_ttl_s)
+        election = Election(lease, sc.lease_ttl_s, sc.lease_renew_s)
+        svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length,
+                               fence=lambda: lease.fence,
+                               on_fenced=lambda: shutdown.request(LEASE_LOST_EXIT, "a placement was fenced: another scheduler leads"))
+        leading = asyncio.Event()
+
+        async def lead() -> None:
+            await election.campaign()
+            leading.set()
+            try:
+                await svc.start()
+            except Exception as exc:
+                log.exception("scheduler start failed")
+                shutdown.request(1, f"start failed: {type(exc).__name__}")
+                return
+            reason = await election.hold()
+            shutdown.request(LEASE_LOST_EXIT, f"lost the leader lease: {reason}")
+
+        task = asyncio.create_task(lead())
 
         async def stop() -> None:
-            await svc.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if leading.is_set():
+                await svc.stop()
+                try:  # hand over at once rather than after the TTL
+                    await asyncio.wait_for(lease.release(), timeout=2.0)
+                except Exception as exc:
+                    log.warning("lease not released (%s): the standby takes over after its TTL", exc)
             await bus.close()
             await store.close()
             tel.shutdown()
 
         return stop
 
-    return run_until_signal(start)
+    return run_until_signal(start, shutdown)

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from shared import subjects
 from shared.telemetry import names as tn
@@ -30,6 +31,7 @@ from shared.schemas.requests import (
 )
 from shared.transport import Bus, Delivery, Store
 from shared.transport.bus import NoResponders
+from shared.transport.store import FENCED
 
 log = logging.getLogger("dilaserve.scheduler")
 
@@ -64,8 +66,11 @@ def request_view(s: SubmitRequest, block_length: int) -> RequestView:
 
 class SchedulerService:
     def __init__(self, cfg: SchedulerConfig, nats_cfg: NatsConfig, bus: Bus, store: Store, policy, tel,
-                 block_length: int = 8) -> None:
+                 block_length: int = 8, fence: Callable[[], tuple[str, str]] | None = None,
+                 on_fenced: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
+        self.fence = fence  # the leader lease's (key, value): every placement is fenced by it
+        self.on_fenced = on_fenced  # a placement found the lease held by another scheduler
         self.nats_cfg = nats_cfg
         self.bus = bus
         self.store = store
@@ -85,7 +90,8 @@ class SchedulerService:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.rebuild()
-        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.nats_cfg.submit_max_age_s)
+        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.nats_cfg.submit_max_age_s,
+                                     self.nats_cfg.stream_replicas)
         self._subs = [
             await self.bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, self.on_heartbeat),
             await self.bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, self.on_planner),
@@ -94,11 +100,25 @@ class SchedulerService:
             await self.bus.subscribe(subjects.request_released(), RequestReleased, self.on_released),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
             await self.bus.subscribe(subjects.request_offer(), SubmitRequest, self.on_offer),
-            await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM, subjects.SCHEDULER_DURABLE,
-                                      SubmitRequest, self.on_submit, self.cfg.ack_wait_s),
+            await self._consume_submissions(),
         ]
         self._tasks = [asyncio.create_task(self.place_loop()), asyncio.create_task(self.status_loop())]
         log.info("scheduler %s ready", self.cfg.scheduler_id)
+
+    async def _consume_submissions(self, patience_s: float = 10.0):
+        """Bind the durable consumer. After a failover the deposed leader may still be bound to it for a
+        moment (until its connection closes or it notices): keep trying for ``patience_s``."""
+        end = time.monotonic() + patience_s
+        while True:
+            try:
+                return await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM,
+                                                 subjects.SCHEDULER_DURABLE, SubmitRequest, self.on_submit,
+                                                 self.cfg.ack_wait_s)
+            except Exception as exc:
+                if time.monotonic() > end:
+                    raise
+                log.warning("submission consumer not bound yet (%s); retrying", exc)
+                await asyncio.sleep(0.25)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Graceful: take no new submissions, let dispatches under way finish (persisted assignments
@@ -376,7 +396,14 @@ class SchedulerService:
         s = entry.submit
         now = time.time()
         entry.confirm = False
-        done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now, worker_id)
+        done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now,
+                                                    worker_id, fence=self.fence() if self.fence else None)
+        if current == FENCED:  # another scheduler leads now: place nothing, ack nothing (it rebuilds from Redis)
+            log.error("placement of %s fenced: this scheduler no longer holds the leader lease", s.request_id)
+            self._requeue(entry, delay_s=math.inf)
+            if self.on_fenced:
+                self.on_fenced()
+            return
         if not done and current == "" and time.time() - s.arrival_s < self.cfg.record_wait_s:
             # The gateway writes Redis and NATS concurrently, and its Redis write may be riding out a
             # Redis restart: wait for the record (backing off) rather than dropping an accepted request.

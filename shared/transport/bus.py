@@ -59,7 +59,8 @@ class Bus:
     @classmethod
     async def connect(cls, url: str, name: str, connect_timeout_s: float = 5.0, reconnect_time_wait_s: float = 0.5,
                       reconnect_buffer_bytes: int = 16 * 1024 * 1024) -> Bus:
-        """Reconnects forever (every ``reconnect_time_wait_s``) after a NATS outage; while reconnecting,
+        """``url``: one server, or a comma-separated list (a cluster; the client fails over between them
+        and also learns the others from the servers). Reconnects forever (every ``reconnect_time_wait_s``) after a NATS outage; while reconnecting,
         publishes are buffered (up to ``reconnect_buffer_bytes``) and sent once the connection is back,
         and subscriptions are re-established. Core NATS is at-most-once: what matters is persisted
         first (Redis, JetStream) and the services reconcile from there."""
@@ -74,8 +75,9 @@ class Bus:
         async def on_reconnected() -> None:
             log.warning("nats reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
 
+        servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: every server's URL
         nc = await nats.connect(
-            url, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
+            servers, name=name, connect_timeout=connect_timeout_s, max_reconnect_attempts=-1,
             reconnect_time_wait=reconnect_time_wait_s, error_cb=on_error, disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected, pending_size=reconnect_buffer_bytes,
             ping_interval=10, max_outstanding_pings=3,  # a silent (partitioned) server is noticed in ~30 s
@@ -155,15 +157,20 @@ class Bus:
         await self.nc.flush(timeout=timeout_s)
 
     # -- JetStream ------------------------------------------------------------------------------
-    async def ensure_stream(self, name: str, subjects: list[str], max_age_s: float) -> None:
-        """File-backed work-queue stream: a message lives until acked (or max_age), never lost on restart."""
+    async def ensure_stream(self, name: str, subjects: list[str], max_age_s: float, replicas: int = 1) -> None:
+        """File-backed work-queue stream: a message lives until acked (or max_age), never lost on restart.
+        ``replicas`` > 1 keeps it on that many servers of a cluster. An existing stream's replica count is
+        never lowered: services configured alike may start in any order, and a caller that asks for
+        fewer (a default) must not undo the replication another one set up."""
         config = api.StreamConfig(
             name=name, subjects=subjects, storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.WORK_QUEUE, max_age=max_age_s,
+            retention=api.RetentionPolicy.WORK_QUEUE, max_age=max_age_s, num_replicas=max(1, replicas),
         )
         try:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError:
+            current = await self.js.stream_info(name)
+            config.num_replicas = max(config.num_replicas or 1, current.config.num_replicas or 1)
             await self.js.update_stream(config)
 
     async def js_publish(self, subject: str, msg: Message, headers: Headers | None = None, timeout_s: float = 5.0) -> int:

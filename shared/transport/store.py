@@ -6,6 +6,7 @@ Keys
   dlm:ckpt:<id>       JSON DecodeState of the last committed block (resume point after a crash)
   dlm:plan            JSON Plan currently in force
   dlm:rl:<bucket>     hash: tokens, ts — a gateway rate-limit token bucket (expires once full again)
+  dlm:scheduler:leader, dlm:scheduler:epoch   the schedulers' leader lease and its fencing counter (lease.py)
 State changes go through small Lua scripts so concurrent services cannot overwrite each other.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
@@ -43,6 +45,23 @@ for i = 4, #ARGV do
 end
 return {0, cur}
 """
+
+# The same, fenced: KEYS[2] = a lease key that must still hold ARGV[1] (the caller's lease value), else
+# nothing changes and {0, 'fenced'} comes back — a scheduler that lost its lease cannot place anything.
+# ARGV[2..]: as _TRANSITION's ARGV.
+_FENCED_TRANSITION = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, 'fenced'} end
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+for i = 5, #ARGV do
+  if cur == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_s', ARGV[3], 'worker_id', ARGV[4])
+    return {1, cur}
+  end
+end
+return {0, cur}
+"""
+FENCED = "fenced"  # transition()'s "previous state" when the fence no longer holds
 
 # KEYS: hash, deadlines, ckpt; ARGV: status, result, now, ttl, id, finisher token → 1 if recorded (or
 # already recorded by this same token: a retried call), 0 if already finished by someone else
@@ -110,6 +129,7 @@ class Store:
         self.r = client
         self.result_ttl_s = result_ttl_s
         self._transition = client.register_script(_TRANSITION)
+        self._fenced_transition = client.register_script(_FENCED_TRANSITION)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
         self._token_bucket = client.register_script(_TOKEN_BUCKET)
@@ -117,6 +137,8 @@ class Store:
     @classmethod
     async def connect(cls, url: str, result_ttl_s: int = 3600, max_connections: int = 64,
                       pool_timeout_s: float = 10.0) -> Store:
+        """``url``: ``redis://host:port/db``, or ``redis+sentinel://host:port,host:port/<master name>/<db>``
+        to find the master through Redis Sentinel and follow it when Sentinel fails it over."""
         # A Redis restart (AOF reload included) is ridden out: every command is retried with backoff
         # for ~20 s before the error reaches the caller. State changes are Lua compare-and-sets, so a
         # retried command whose first attempt did land is harmless (see finish()).
@@ -126,10 +148,13 @@ class Store:
         # max_connections connections. redis-py's default pool instead fails at once with "Too many
         # connections" past 100 concurrent commands (200 streaming clients hit that). Redis runs
         # commands one at a time, so more connections would add no throughput.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout_s, socket_connect_timeout=5,
-            health_check_interval=30, retry=retry,
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError])
+        options = dict(max_connections=max_connections, timeout=pool_timeout_s, socket_connect_timeout=5,
+                       health_check_interval=30, retry=retry,
+                       retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError])
+        if url.startswith(SENTINEL_SCHEME):
+            pool = _sentinel_pool(url, options)
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(url, **options)
         client = aioredis.Redis(connection_pool=pool)
         client.auto_close_connection_pool = True  # aclose() also closes the pool we built
         await client.ping()
@@ -160,9 +185,14 @@ class Store:
             await p.execute()
 
     async def transition(self, request_id: str, new_state: str, allowed_from: tuple[str, ...], now_s: float,
-                         worker_id: str = "") -> tuple[bool, str]:
-        """Atomic compare-and-set of the state: (done, previous state; '' if the request is unknown)."""
-        done, prev = await self._transition(keys=[_req_key(request_id)], args=[new_state, repr(now_s), worker_id, *allowed_from])
+                         worker_id: str = "", fence: tuple[str, str] | None = None) -> tuple[bool, str]:
+        """Atomic compare-and-set of the state: (done, previous state; '' if the request is unknown).
+        ``fence`` = (key, value): only while that key holds that value (a lease), else (False, FENCED)."""
+        args = [new_state, repr(now_s), worker_id, *allowed_from]
+        if fence is None:
+            done, prev = await self._transition(keys=[_req_key(request_id)], args=args)
+        else:
+            done, prev = await self._fenced_transition(keys=[_req_key(request_id), fence[0]], args=[fence[1], *args])
         return done == 1, _text(prev)
 
     async def finish(self, finished: RequestFinished, now_s: float, token: str = "") -> bool:
@@ -229,6 +259,29 @@ class Store:
     async def load_plan(self) -> Plan | None:
         raw = await self.r.get(PLAN)
         return decode(raw, Plan) if raw else None
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's master discovery (a connection asks Sentinel where the master is, and a demoted
+    master's READONLY answer sends it asking again) with the blocking pool's wait for a free connection."""
+
+
+def _sentinel_pool(url: str, options: dict) -> SentinelConnectionPool:
+    hosts, _, rest = url[len(SENTINEL_SCHEME):].partition("/")
+    master, _, db = rest.partition("/")
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"redis url {url!r}: sentinel address {h!r} is not host:port")
+        sentinels.append((host, int(port)))
+    if not master:
+        raise ValueError(f"redis url {url!r} names no master: {SENTINEL_SCHEME}host:port,.../<master>/<db>")
+    manager = Sentinel(sentinels, socket_timeout=1.0, socket_connect_timeout=1.0)
+    return _BlockingSentinelPool(master, manager, db=int(db or 0), **options)
 
 
 def _record(request_id: str, row: dict) -> RequestRecord | None:
