@@ -204,7 +204,7 @@ def test_simulated_side_recovers_a_known_step_slowdown():
                                                              "worker_ms": 3000 * fwd[w.sim.request_id]}))
              for w in work[2.0]]
     sim, measured = run_sim(spec, work, [_run("fcfs", 2.0, 0, 1.0)], pairs)
-    assert measured["step_scale"] == pytest.approx(3.0, rel=0.02)
+    assert measured["profile_scale"] == pytest.approx(3.0, rel=0.02)
     assert measured["effects_by_rps"][2.0]["arrival_delay_s"] == pytest.approx(0.002)
     assert sim[(2.0, "fcfs")]["requests"] == len(work[2.0])
 

@@ -3,6 +3,7 @@ requests, then the report (tooling/experiment.py is the command line)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -89,6 +90,7 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
 
     order = sweep_order(spec.policies, spec.rates, spec.repeats)
     env_of = {p: policy_env(p, spec.workload.mean_slo_s(), spec.workload.block_len) for p in spec.policies}
+    out.mkdir(parents=True, exist_ok=True)
     runs, pairs = [], []
     for i, key in enumerate(order):
         t0 = time.perf_counter()
@@ -97,6 +99,8 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
                         env=env_of[key.policy], warmup_s=spec.warmup_s, timeout_s=spec.timeout_s)
         rec = run_record(key, i, workloads[key.rps], live, spec.workload.duration_s)
         runs.append(rec)
+        with (out / "runs.jsonl").open("a") as f:  # kept if a later run fails or the sweep is stopped
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
@@ -109,7 +113,8 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
             pairs: Pairs) -> tuple[dict, dict]:
     """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
     measured live and the steps scaled to the live ones at the lowest rate (calibrate)."""
-    from tooling.experiment_sim import SimSetup, measured_effects, profile_cost, quality_model, simulate_point, summary
+    from tooling.experiment_sim import (SimSetup, measured_effects, profile_cost, quality_model, scaled,
+                                        simulate_point, summary)
 
     served = [(w, o) for _, w, o in pairs]
     tps = tokens_per_step(served, spec.candidates)
@@ -121,12 +126,14 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     overhead = step_overhead_s([o for key, _, o in pairs if key.rps == low])
     effects = {rps: replace(e, step_overhead_s=overhead or 0.0) for rps, e in effects.items()}
     scale = calibrate(spec, workloads, pairs, setup, effects)
-    effects = {rps: replace(e, step_scale=scale or 1.0) for rps, e in effects.items()}
+    # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
+    # starts from the scaled profile too, which is also the simulated truth.
+    setup = replace(setup, cost=scaled(setup.cost, scale or 1.0))
     sim = {(rps, p): summary(simulate_point(p, [r.sim for r in workloads[rps]], setup, effects[rps]),
                              spec.workload.duration_s)
            for rps in spec.rates for p in spec.policies}
     measured = {"tokens_per_step": tps, "quality_source": quality_src,
-                "quality": quality.points if quality is not None else None, "step_scale": scale,
+                "quality": quality.points if quality is not None else None, "profile_scale": scale,
                 "step_overhead_s": overhead,
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}

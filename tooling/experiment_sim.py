@@ -30,6 +30,12 @@ def profile_cost(path: Path) -> CostModel:
     return CostModel.from_profile(data, SIM_CONFIG)
 
 
+def scaled(cost: CostModel, factor: float) -> CostModel:
+    """Every curve's latencies × ``factor``."""
+    return CostModel({n: [(x, y * factor) for x, y in zip(c.xs, c.ys)] for n, c in cost.curves.items()},
+                     cost.learning_rate)
+
+
 def quality_model(path: str | None, measured: dict[float, float]) -> tuple[QualityModel | None, str]:
     """``--quality``: a QualityModel JSON or a ``dilaserve eval`` JSON (its threshold rows on the dual
     cache, strict decoding as τ 1); else the accuracy per τ measured in the live runs; else none."""
