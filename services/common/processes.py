@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,6 +23,8 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    respawn: Callable[[], Proc] | None = field(default=None, repr=False)  # starts it again alike (Healer)
+    first_delay_s: float = 0.5  # the Healer's first restart delay (doubling from there)
 
     @property
     def pid(self) -> int:
@@ -72,19 +76,92 @@ def _spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None 
     return Proc(name, popen, log_path)
 
 
-def start_nats(run_dir: Path, port: int) -> Proc:
-    data = run_dir / "nats"
+def start_nats(run_dir: Path, port: int, name: str = "nats", cluster_port: int = 0, routes: list[int] = ()) -> Proc:
+    """One nats-server with JetStream; with ``cluster_port`` and ``routes`` (the other nodes' cluster
+    ports) a node of the cluster ``dlm`` (JetStream replicated across the nodes)."""
+    data = run_dir / name
     data.mkdir(parents=True, exist_ok=True)
     cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(data)]
-    return _spawn("nats", cmd, run_dir / "logs")
+    if cluster_port:
+        cmd += ["-n", name, "--cluster_name", "dlm", "--cluster", f"nats://127.0.0.1:{cluster_port}",
+                "--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes)]
+    proc = _spawn(name, cmd, run_dir / "logs")
+    proc.respawn = lambda: start_nats(run_dir, port, name, cluster_port, routes)
+    return proc
 
 
-def start_redis(run_dir: Path, port: int) -> Proc:
-    data = run_dir / "redis"
+def start_redis(run_dir: Path, port: int, name: str = "redis", replica_of: int = 0, sentinel: bool = False) -> Proc:
+    """redis-server with AOF (``appendfsync everysec``: a killed process loses nothing it answered, the
+    writes are in the kernel; a machine crash may lose the last second). Options live in a config file
+    in its data dir; under ``sentinel`` that file is written once and then left to Sentinel, which
+    records role changes there (CONFIG REWRITE), so a restarted node comes back in its current role."""
+    data = run_dir / name
     data.mkdir(parents=True, exist_ok=True)
-    cmd = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-           "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]
-    return _spawn("redis", cmd, run_dir / "logs")
+    conf = data / "redis.conf"
+    if not (sentinel and conf.exists()):
+        lines = [f"port {port}", "bind 127.0.0.1", f"dir {data}", "appendonly yes", "appendfsync everysec",
+                 'save ""', "daemonize no"]
+        if replica_of:
+            lines.append(f"replicaof 127.0.0.1 {replica_of}")
+        conf.write_text("\n".join(lines) + "\n")
+    proc = _spawn(name, [redis_server_binary(), str(conf)], run_dir / "logs")
+    proc.respawn = lambda: start_redis(run_dir, port, name, replica_of, sentinel)
+    return proc
+
+
+SENTINEL_MASTER = "dlm"
+
+
+def start_sentinel(run_dir: Path, port: int, master_port: int, name: str, quorum: int = 2,
+                   down_after_ms: int = 1000) -> Proc:
+    """A Redis Sentinel watching the master on ``master_port`` (the name SENTINEL_MASTER). It rewrites its
+    config file as it learns (replicas, other sentinels, failovers), so a restart resumes from there."""
+    data = run_dir / name
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "sentinel.conf"
+    if not conf.exists():
+        conf.write_text("\n".join([
+            f"port {port}", "bind 127.0.0.1", f"dir {data}", "daemonize no",
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} {down_after_ms}",
+            f"sentinel failover-timeout {SENTINEL_MASTER} 3000",
+            f"sentinel parallel-syncs {SENTINEL_MASTER} 1",
+        ]) + "\n")
+    proc = _spawn(name, [*sentinel_command(), str(conf), "--sentinel"], run_dir / "logs")
+    proc.respawn = lambda: start_sentinel(run_dir, port, master_port, name, quorum, down_after_ms)
+    return proc
+
+
+def wait_sentinels(ports: list[int], timeout_s: float = 60.0) -> None:
+    """Until every Sentinel knows the master's replica and the other Sentinels (learned over ~2-10 s):
+    only then can they agree on a failover."""
+    end = time.monotonic() + timeout_s
+    want = {"num-slaves": 1, "num-other-sentinels": len(ports) - 1}
+    view: dict[str, str] = {}
+    while time.monotonic() < end:
+        views = [_sentinel_master(p) for p in ports]
+        if all(all(int(v.get(k, 0)) >= n for k, n in want.items()) for v in views):
+            return
+        view = views[0]
+        time.sleep(0.25)
+    raise RuntimeError(f"Sentinels did not see the replica and each other within {timeout_s:.0f}s: {view}")
+
+
+def _sentinel_master(port: int) -> dict[str, str]:
+    """``SENTINEL MASTER`` through redis-cli (the tooling does not speak Redis itself)."""
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    try:
+        out = subprocess.run([cli, "-p", str(port), "SENTINEL", "MASTER", SENTINEL_MASTER], capture_output=True,
+                             text=True, timeout=5).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(zip(out[0::2], out[1::2]))
+
+
+def sentinel_command() -> list[str]:
+    """redis-sentinel (Debian's redis-sentinel package), else redis-server, which is the same program."""
+    found = shutil.which("redis-sentinel")
+    return [found] if found else [redis_server_binary()]
 
 
 def service_env(nats_url: str, redis_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -95,7 +172,9 @@ def service_env(nats_url: str, redis_url: str, extra: dict[str, str] | None = No
 
 
 def start_service(name: str, args: list[str], run_dir: Path, env: dict[str, str]) -> Proc:
-    return _spawn(name, [sys.executable, "-m", "services.common.cli", *args], run_dir / "logs", env)
+    proc = _spawn(name, [sys.executable, "-m", "services.common.cli", *args], run_dir / "logs", env)
+    proc.respawn = lambda: start_service(name, args, run_dir, env)
+    return proc
 
 
 def wait_port(port: int, timeout_s: float, proc: Proc) -> None:
@@ -147,3 +226,75 @@ def stop_all(procs: list[Proc], grace_s: float = 10.0) -> None:
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait()
+
+
+@dataclass
+class _Restarts:
+    delay_s: float
+    started_mono: float
+    due_mono: float | None = None  # a restart is scheduled for then
+    count: int = 0
+
+
+class Healer:
+    """Restarts what exits on its own: any process in ``groups`` (lists it replaces entries of in place)
+    that has a ``respawn``. Exponential backoff per name (its ``first_delay_s``, doubling up to
+    ``max_delay_s``; back to the first delay once a run lasted ``stable_s``), each exit and restart
+    logged with the exit code. Runs in a thread; ``stop()`` before stopping the processes."""
+
+    def __init__(self, groups: list[list[Proc]], say: Callable[[str], None], max_delay_s: float = 30.0,
+                 stable_s: float = 30.0, period_s: float = 0.1) -> None:
+        self.groups, self.say = groups, say
+        self.max_delay_s, self.stable_s, self.period_s = max_delay_s, stable_s, period_s
+        self.restarts: dict[str, _Restarts] = {}
+        self.events: list[tuple[float, str, str]] = []  # (monotonic time, name, "exited <code>" | "restarted")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healer", daemon=True)
+        self.lock = threading.Lock()  # held while a restart replaces a process (callers may take it too)
+
+    def start(self) -> None:
+        now = time.monotonic()
+        for procs in self.groups:
+            for p in procs:
+                self.restarts.setdefault(p.name, _Restarts(p.first_delay_s, now))
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.check()
+            except Exception as exc:  # keep healing the others
+                self.say(f"healer: {type(exc).__name__}: {exc}")
+
+    def check(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for procs in self.groups:
+                for k, p in enumerate(procs):
+                    if p.respawn is not None and not self._stop.is_set() and not p.alive():
+                        procs[k] = self._heal(p, now)
+
+    def _heal(self, p: Proc, now: float) -> Proc:
+        r = self.restarts.setdefault(p.name, _Restarts(p.first_delay_s, now))
+        if r.due_mono is None:  # just noticed
+            if now - r.started_mono >= self.stable_s:
+                r.delay_s = p.first_delay_s
+            r.due_mono = now + r.delay_s
+            self.events.append((now, p.name, f"exited {p.popen.returncode}"))
+            self.say(f"{p.name} exited (code {p.popen.returncode}); restarting in {r.delay_s:.1f}s; log {p.log_path}")
+            return p
+        if now < r.due_mono:
+            return p
+        new = p.respawn()
+        new.first_delay_s = p.first_delay_s
+        r.count += 1
+        r.due_mono, r.started_mono = None, now
+        r.delay_s = min(self.max_delay_s, r.delay_s * 2)
+        self.events.append((now, p.name, "restarted"))
+        self.say(f"{p.name} restarted (pid {new.pid}, restart {r.count})")
+        return new
