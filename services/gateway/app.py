@@ -303,7 +303,10 @@ async def _generate(gw: Gateway, kind: str, request: Request):
             await relay.close()
             gw.finish_metrics(acc, fin, time.monotonic() - acc.arrival_mono)
             raise gw.refusal(acc, fin)
-        return StreamingResponse(_stream(gw, acc, relay, first), media_type="text/event-stream", headers=SSE_HEADERS)
+        # The id up front: a client whose gateway dies mid-stream reads the result from another one
+        # (GET /v1/requests/{id}); the request itself carries on in the cluster.
+        headers = {**SSE_HEADERS, "X-Request-Id": acc.request_id}
+        return StreamingResponse(_stream(gw, acc, relay, first), media_type="text/event-stream", headers=headers)
     try:
         fin = await _wait_or_disconnect(relay, request, gw.gcfg.request_timeout_s)
         if fin is None:  # the client gave up: stop the work, nobody will read the answer
