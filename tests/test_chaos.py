@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from tooling.chaos import SCENARIOS, make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
+from tooling.chaos import BASE_SCENARIOS, make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
 
 NUM_REQUESTS = 8
 MAX_TOKENS = 32
@@ -25,7 +25,7 @@ def chaos_setup(tmp_path_factory):
         cluster.stop()
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", BASE_SCENARIOS)
 def test_chaos_nothing_lost_duplicated_or_changed(chaos_setup, scenario):
     cluster, prompts, refs = chaos_setup
     wait_cluster_ready(cluster)  # a worker restarted by the previous scenario is back

@@ -43,11 +43,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from services.common.processes import REPO, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready
+import httpx
+
+from services.common.processes import (
+    REPO, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready, wait_sentinels, _sentinel_master,
+)
 from tooling.local_cluster import LocalCluster
 
-SCENARIOS = ("kill-worker", "restart-scheduler", "restart-redis", "nats-blip", "stop-worker", "stop-scheduler",
-             "pause-worker")
+# Under --ha: one instance of a replicated part dies and is not restarted by the harness (the cluster
+# heals itself); the survivors take over (failover_s in the report).
+HA_SCENARIOS = ("kill-leader-scheduler", "kill-nats-node", "kill-redis-master", "kill-gateway")
+BASE_SCENARIOS = ("kill-worker", "restart-scheduler", "restart-redis", "nats-blip", "stop-worker", "stop-scheduler",
+                  "pause-worker")
+SCENARIOS = (*BASE_SCENARIOS, *HA_SCENARIOS)
 CHAOS_ENV = {
     # Dead workers are noticed after 2 s (the default is 3 s); everything else is the shipped default.
     "DILASERVE_SCHEDULER_HEARTBEAT_TIMEOUT_S": "2.0",
@@ -100,40 +108,81 @@ class Outcome:
     error: str = ""
     sent_s: float = 0.0  # relative to the start of the submission window
     latency_s: float = 0.0
+    followed: bool = False  # its stream was cut (gateway died); the result was read from another gateway
 
 
-async def _one(client, url: str, i: int, prompt: str, max_tokens: int, t0: float, timeout_s: float) -> Outcome:
+async def _one(client, urls: list[str], i: int, prompt: str, max_tokens: int, t0: float, timeout_s: float) -> Outcome:
+    """One streaming completion on gateway ``urls[i % n]``, following a failover as a client behind a load
+    balancer would: a gateway that refuses connections → the next one; a stream cut after its 200 → the
+    result read by id (X-Request-Id) from another gateway."""
     out = Outcome(i, sent_s=time.monotonic() - t0)
     body = {"prompt": prompt, "max_tokens": max_tokens, "min_threshold": 1.0, "stream": True}
     start = time.monotonic()
+    order = urls[i % len(urls):] + urls[:i % len(urls)]
     try:
         async with asyncio.timeout(timeout_s):
-            async with client.stream("POST", url + "/v1/completions", json=body) as resp:
-                out.http_status = resp.status_code
-                if resp.status_code != 200:
-                    out.error = (await resp.aread()).decode(errors="replace")[:300]
-                    return out
-                out.accepted = True
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    evt = json.loads(line[6:])
-                    if "error" in evt:
-                        out.error = json.dumps(evt["error"])[:300]
-                        continue
-                    out.request_id = evt.get("id", out.request_id)
-                    choice = evt["choices"][0]
-                    out.text += choice.get("text") or ""
-                    if choice.get("finish_reason"):
-                        out.finish_reason = choice["finish_reason"]
-                        out.worker_id = (evt.get("dlm") or {}).get("worker_id", "")
-                out.completed = out.finish_reason in ("stop", "length")
+            for k, url in enumerate(order):
+                try:
+                    await _stream_once(client, url, body, out)
+                    break
+                except httpx.ConnectError as exc:  # nothing reached this gateway: try the next one
+                    out.error = f"{type(exc).__name__}: {exc}"
+                    if k == len(order) - 1:
+                        raise
+            if out.accepted and not out.finish_reason and out.request_id and len(urls) > 1:
+                await _follow(client, order[1:] + order[:1], out)
+            out.completed = out.finish_reason in ("stop", "length")
     except TimeoutError:
         out.error = out.error or f"no result within {timeout_s:.0f}s"
     except Exception as exc:  # connection refused / reset: rejected if no status yet, else lost
         out.error = out.error or f"{type(exc).__name__}: {exc}"
     out.latency_s = time.monotonic() - start
     return out
+
+
+async def _stream_once(client, url: str, body: dict, out: Outcome) -> None:
+    try:
+        async with client.stream("POST", url + "/v1/completions", json=body) as resp:
+            out.http_status = resp.status_code
+            if resp.status_code != 200:
+                out.error = (await resp.aread()).decode(errors="replace")[:300]
+                return
+            out.accepted = True
+            out.request_id = resp.headers.get("x-request-id", "")
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                evt = json.loads(line[6:])
+                if "error" in evt:
+                    out.error = json.dumps(evt["error"])[:300]
+                    continue
+                out.request_id = evt.get("id", out.request_id)
+                choice = evt["choices"][0]
+                out.text += choice.get("text") or ""
+                if choice.get("finish_reason"):
+                    out.finish_reason = choice["finish_reason"]
+                    out.worker_id = (evt.get("dlm") or {}).get("worker_id", "")
+    except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+        if not out.accepted:
+            raise httpx.ConnectError(str(exc)) from None  # cut before the 200: as if never reached
+        out.error = f"stream cut: {type(exc).__name__}"
+
+
+async def _follow(client, urls: list[str], out: Outcome) -> None:
+    """The stream was cut (its gateway died): poll GET /v1/requests/{id} on the others for the result."""
+    while True:
+        for url in urls:
+            try:
+                r = await client.get(f"{url}/v1/requests/{out.request_id}")
+            except httpx.HTTPError:
+                continue
+            result = r.json().get("result") if r.status_code == 200 else None
+            if result is not None:
+                out.text, out.finish_reason = result["text"] or "", result["finish_reason"] or ""
+                out.worker_id = r.json().get("worker_id") or ""
+                out.followed = True
+                return
+        await asyncio.sleep(0.2)
 
 
 # -- process control (by PID, only what this cluster started) ---------------------------------------
@@ -180,12 +229,27 @@ def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
                 time.sleep(0.05)
 
 
+async def _healed(cluster: LocalCluster, old: Proc, timeout_s: float = 120.0) -> None:
+    """Until the cluster's own healer has started ``old`` again (the harness restarts nothing then)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        p = _find(cluster, old.name)
+        if p is not old and p.alive():
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{old.name} not restarted by the cluster within {timeout_s:.0f}s")
+
+
 async def _restart_infra(cluster: LocalCluster, name: str, downtime_s: float) -> float:
-    """SIGKILL nats-server / redis-server, wait, start it again on the same port and data folder."""
+    """SIGKILL nats-server / redis-server, wait, start it again on the same port and data folder (or, on
+    a self-healing cluster, wait for it to be started again)."""
     old = _find(cluster, name)
-    port = _port(cluster.nats_url if name == "nats" else cluster.redis_url)
     t_kill = time.monotonic()
     _sigkill(old)
+    if cluster.healer is not None:
+        await _healed(cluster, old)
+        return time.monotonic() - t_kill
+    port = _port(cluster.nats_url if name == "nats" else cluster.redis_url)
     await asyncio.sleep(downtime_s)
     await asyncio.to_thread(_wait_port_free, port)
     new = (start_nats if name == "nats" else start_redis)(cluster.run_dir, port)
@@ -202,9 +266,126 @@ async def _restart_service(cluster: LocalCluster, name: str, args: list[str], do
         await asyncio.to_thread(_sigterm, old)
     else:
         _sigkill(old)
+    if cluster.healer is not None:
+        await _healed(cluster, old)
+        return time.monotonic() - t_kill
     await asyncio.sleep(downtime_s)
     _replace(cluster, old, start_service(name, args, cluster.run_dir, cluster.env))
     return time.monotonic() - t_kill
+
+
+# -- who holds what under --ha ------------------------------------------------------------------------
+async def _lease_value(store) -> str:
+    from shared.transport.lease import LEADER_KEY
+
+    v = await store.r.get(LEADER_KEY)
+    return v.decode() if v else ""
+
+
+async def _leader_name(store, cluster: LocalCluster) -> str:
+    """The scheduler process holding the lease (its holder name is its process name under --ha)."""
+    holder = (await _lease_value(store)).rsplit(" ", 1)[0]
+    names = [p.name for p in cluster.services if p.name.startswith("scheduler")]
+    return holder if holder in names else names[0]
+
+
+def _redis_master_port(cluster: LocalCluster) -> int:
+    view = _sentinel_master(cluster.sentinel_ports[0])
+    return int(view.get("port", 0))
+
+
+def _redis_name(cluster: LocalCluster, port: int) -> str:
+    return f"redis-{cluster.redis_ports.index(port)}"
+
+
+async def _stream_leader(bus) -> str:
+    from shared import subjects
+
+    info = await bus.js.stream_info(subjects.SUBMIT_STREAM)
+    return (info.cluster.leader if info.cluster else "") or ""
+
+
+async def _until(probe, timeout_s: float = 60.0, period_s: float = 0.05) -> float:
+    """Seconds until ``await probe()`` is true (probe errors count as not yet)."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout_s:
+        try:
+            if await probe():
+                return time.monotonic() - t
+        except Exception:
+            pass
+        await asyncio.sleep(period_s)
+    raise RuntimeError(f"no failover within {timeout_s:.0f}s")
+
+
+async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus) -> dict:
+    """The --ha faults: SIGKILL one instance of a replicated part; the rest of the cluster takes over
+    and the healer starts the victim again. ``failover_s``: death → the survivors serve that part."""
+    fault: dict = {"scenario": scenario}
+    t = time.monotonic()
+    if scenario == "kill-leader-scheduler":
+        old_value = await _lease_value(store)
+        victim = _find(cluster, await _leader_name(store, cluster))
+        say(f"SIGKILL the leading scheduler {victim.name} (lease {old_value!r})")
+        _sigkill(victim)
+        t = time.monotonic()
+        fault["failover_s"] = await _until(lambda: _lease_changed(store, old_value))
+        fault["new_leader"] = await _lease_value(store)
+    elif scenario == "kill-nats-node":
+        leader = await _stream_leader(bus)
+        victim = _find(cluster, leader if leader.startswith("nats-") else "nats-0")
+        say(f"SIGKILL {victim.name} (leader of the submit stream: {leader or '?'})")
+        _sigkill(victim)
+        t = time.monotonic()
+        fault["failover_s"] = await _until(lambda: _stream_led_by_other(bus, victim.name))
+        fault["new_stream_leader"] = await _stream_leader(bus)
+    elif scenario == "kill-redis-master":
+        port = _redis_master_port(cluster)
+        victim = _find(cluster, _redis_name(cluster, port))
+        say(f"SIGKILL the Redis master {victim.name} (port {port}); Sentinel fails over")
+        _sigkill(victim)
+        t = time.monotonic()
+        fault["failover_s"] = await _until(lambda: _redis_moved(cluster, store, port))
+        fault["new_master_port"] = _redis_master_port(cluster)
+    elif scenario == "kill-gateway":
+        victim = _find(cluster, "gateway")
+        say(f"SIGKILL {victim.name} (its streams are cut; clients read their results from the other gateway)")
+        _sigkill(victim)
+        t = time.monotonic()
+        fault["failover_s"] = 0.0  # the other gateway serves throughout; below: until the victim is back
+        await _healed(cluster, victim)
+        await _until(lambda: _ready(cluster.url), timeout_s=120)
+        fault["victim_back_s"] = round(time.monotonic() - t, 3)
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    fault["target"] = victim.name
+    fault["failover_s"] = round(fault["failover_s"], 3)
+    fault["downtime_s"] = time.monotonic() - t
+    say(f"{scenario}: failover after {fault['failover_s']:.2f}s ({victim.name} is restarted by the cluster)")
+    return fault
+
+
+async def _lease_changed(store, old_value: str) -> bool:
+    v = await _lease_value(store)
+    return bool(v) and v != old_value
+
+
+async def _stream_led_by_other(bus, dead: str) -> bool:
+    leader = await _stream_leader(bus)  # stream info is answered by the stream's leader
+    return bool(leader) and leader != dead
+
+
+async def _redis_moved(cluster: LocalCluster, store, old_port: int) -> bool:
+    port = await asyncio.to_thread(_redis_master_port, cluster)
+    if port in (0, old_port):
+        return False
+    await asyncio.wait_for(store.r.set("dlm:chaos:probe", str(time.time()), ex=60), 2.0)  # a write lands there
+    return True
+
+
+async def _ready(url: str) -> bool:
+    async with httpx.AsyncClient(timeout=2) as c:
+        return (await c.get(url + "/readyz")).status_code == 200
 
 
 # -- the fault ----------------------------------------------------------------------------------------
@@ -228,7 +409,9 @@ async def _wait_for_trigger(store, submitted: list[int], half: int, scenario: st
     return view
 
 
-async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: float) -> dict:
+async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: float, store, bus) -> dict:
+    if scenario in HA_SCENARIOS:
+        return await _inject_ha(cluster, scenario, store, bus)
     fault: dict = {"scenario": scenario}
     if scenario in ("kill-worker", "stop-worker", "pause-worker"):
         by_worker = view.get("by_worker") or {}
@@ -253,18 +436,19 @@ async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: 
             fault["downtime_s"] = await _restart_service(cluster, victim, ["worker", "--worker-id", victim], 0.0,
                                                          graceful=scenario == "stop-worker")
     elif scenario in ("restart-scheduler", "stop-scheduler"):
-        say(f"{'SIGKILL' if scenario == 'restart-scheduler' else 'SIGTERM'} scheduler; restart in {downtime_s:.1f}s")
-        fault["target"] = "scheduler"
-        fault["downtime_s"] = await _restart_service(cluster, "scheduler", ["scheduler"], downtime_s,
+        name = await _leader_name(store, cluster) if cluster.ha else "scheduler"
+        say(f"{'SIGKILL' if scenario == 'restart-scheduler' else 'SIGTERM'} {name}; restart in {downtime_s:.1f}s")
+        fault["target"] = name
+        fault["downtime_s"] = await _restart_service(cluster, name, ["scheduler"], downtime_s,
                                                      graceful=scenario == "stop-scheduler")
     elif scenario == "restart-redis":
         say(f"SIGKILL redis-server; restart on the same port and AOF folder in {downtime_s:.1f}s")
-        fault["target"] = "redis"
-        fault["downtime_s"] = await _restart_infra(cluster, "redis", downtime_s)
+        fault["target"] = _redis_name(cluster, _redis_master_port(cluster)) if cluster.ha else "redis"
+        fault["downtime_s"] = await _restart_infra(cluster, fault["target"], downtime_s)
     elif scenario == "nats-blip":
         say(f"SIGKILL nats-server; restart on the same port and JetStream store in {downtime_s:.1f}s")
-        fault["target"] = "nats"
-        fault["downtime_s"] = await _restart_infra(cluster, "nats", downtime_s)
+        fault["target"] = "nats-0" if cluster.ha else "nats"
+        fault["downtime_s"] = await _restart_infra(cluster, fault["target"], downtime_s)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     say(f"fault injected: {fault['target']} back after {fault['downtime_s']:.2f}s")
@@ -272,14 +456,15 @@ async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: 
 
 
 # -- completion audit ---------------------------------------------------------------------------------
-async def _audit_stream(bus, reset: bool) -> None:
+async def _audit_stream(bus, reset: bool, replicas: int = 1) -> None:
     """File-backed stream capturing every RequestFinished (core publishes are stored, no reply needed)."""
     from nats.js import api
 
     from shared import subjects
 
     cfg = api.StreamConfig(name=subjects.DONE_AUDIT_STREAM, subjects=[subjects.request_done()],
-                           storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, max_age=3600.0)
+                           storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, max_age=3600.0,
+                           num_replicas=replicas)
     try:
         await bus.js.add_stream(cfg)
     except Exception:
@@ -308,6 +493,8 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
 
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
+    if scenario in HA_SCENARIOS and not cluster.ha:
+        raise ValueError(f"scenario {scenario} needs an --ha cluster")
     if downtime_s is None:
         downtime_s = {"nats-blip": 3.0, "restart-scheduler": 1.0, "stop-scheduler": 1.0, "restart-redis": 0.5,
                       "pause-worker": float(CHAOS_ENV["DILASERVE_SCHEDULER_HEARTBEAT_TIMEOUT_S"]) + 1.5}.get(scenario, 0.0)
@@ -319,7 +506,7 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
     async def on_done(fin: RequestFinished, headers: dict) -> None:
         live[fin.request_id] = live.get(fin.request_id, 0) + 1
 
-    await _audit_stream(bus, reset=True)
+    await _audit_stream(bus, reset=True, replicas=len(cluster.nats_ports))
     await bus.subscribe(subjects.request_done(), RequestFinished, on_done)
     await bus.flush()
 
@@ -334,7 +521,7 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
                 delay = t0 + i / rps - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(_one(client, cluster.url, i, p, max_tokens, t0, timeout_s)))
+                tasks.append(asyncio.create_task(_one(client, cluster.urls, i, p, max_tokens, t0, timeout_s)))
                 submitted[0] += 1
             return list(await asyncio.gather(*tasks))
 
@@ -343,7 +530,7 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
         view = await _wait_for_trigger(store, submitted, max(1, n // 2), scenario, time.monotonic() + timeout_s)
         t_fault = time.monotonic() - t0
         submitted_before = submitted[0]
-        fault = await _inject(cluster, scenario, view, downtime_s)
+        fault = await _inject(cluster, scenario, view, downtime_s, store, bus)
         fault["injected_at_s"] = round(t_fault, 3)
         fault["submitted_before"] = submitted_before
         outcomes = await runner
@@ -399,6 +586,7 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
         "timings": {
             "fault_injected_at_s": fault["injected_at_s"],
             "fault_downtime_s": round(fault["downtime_s"], 3),
+            "failover_s": fault.get("failover_s"),
             "last_completion_s": round(max((o.sent_s + o.latency_s for o in completed), default=0.0), 3),
             "recovered_after_fault_s": round(max((o.sent_s + o.latency_s for o in completed), default=t_fault) - t_fault, 3),
             "total_s": round(t_end, 3),
@@ -406,6 +594,7 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
             "latency_max_s": round(latencies[-1], 3) if latencies else None,
         },
         "finished_by": _count(o.worker_id for o in completed),
+        "followed_to_another_gateway": sum(o.followed for o in accepted),
         "problems": [
             {"index": o.index, "request_id": o.request_id, "http_status": o.http_status, "error": o.error,
              "finish_reason": o.finish_reason, "text": o.text, "reference": references[o.index],
@@ -448,19 +637,54 @@ def _count(values) -> dict[str, int]:
 
 
 def wait_cluster_ready(cluster: LocalCluster, timeout_s: float = 240.0) -> None:
-    """All workers (restarted ones included) registered again: the next scenario starts from a full cluster."""
-    wait_ready(cluster.url, cluster.num_workers, cluster.services + cluster.infra, timeout_s, progress=False)
+    """All workers (restarted ones included) registered again at every gateway, and under --ha the
+    Sentinels see a replica again: the next scenario starts from a full cluster."""
+    for url in cluster.urls:
+        wait_ready(url, cluster.num_workers, cluster.services + cluster.infra, timeout_s, progress=False)
+    if cluster.ha:
+        wait_sentinels(cluster.sentinel_ports, timeout_s)
 
 
-def start_cluster(run_dir: Path, num_workers: int, timeout_s: float = 300.0) -> LocalCluster:
-    cluster = LocalCluster(run_dir, num_workers=num_workers, port=free_port(), extra_env=dict(CHAOS_ENV))
-    say(f"starting a local cluster ({num_workers} workers) in {run_dir}")
+def start_cluster(run_dir: Path, num_workers: int, timeout_s: float = 300.0, ha: bool = False) -> LocalCluster:
+    """A local cluster; under ``ha`` the --ha topology, healing itself (the harness then restarts nothing)."""
+    cluster = LocalCluster(run_dir, num_workers=num_workers, port=_free_port_pair() if ha else free_port(),
+                           extra_env=dict(CHAOS_ENV), ha=ha, heal=ha, say=say)
+    say(f"starting a local cluster ({num_workers} workers{', --ha' if ha else ''}) in {run_dir}")
     try:
         cluster.start(timeout_s=timeout_s, progress=False)
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too (the second gateway's)."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+
+
+def summarize(reports: list[dict]) -> list[dict]:
+    """Per scenario over its runs: totals and failover p50/max."""
+    rows = []
+    for scenario in dict.fromkeys(r["scenario"] for r in reports):
+        runs = [r for r in reports if r["scenario"] == scenario]
+        fo = sorted(r["timings"]["failover_s"] for r in runs if r["timings"].get("failover_s") is not None)
+        rows.append({
+            "scenario": scenario, "runs": len(runs),
+            **{k: sum(r[k] for r in runs) for k in ("accepted", "rejected", "completed", "lost", "duplicates",
+                                                     "mismatched_outputs")},
+            "failover_p50_s": round(statistics.median(fo), 3) if fo else None,
+            "failover_max_s": fo[-1] if fo else None,
+            "recovered_after_fault_max_s": max(r["timings"]["recovered_after_fault_s"] for r in runs),
+        })
+    return rows
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
@@ -478,14 +702,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a client waits for one request")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/chaos-<timestamp>)")
     p.add_argument("--seed", type=int, default=7, help="prompt sample seed")
+    p.add_argument("--ha", action="store_true",
+                   help="run on a `dilaserve up --ha` cluster that heals itself (needed by the kill-leader-scheduler, "
+                        "kill-nats-node, kill-redis-master and kill-gateway scenarios)")
+    p.add_argument("--runs", type=int, default=1, help="runs of each scenario (failover p50/max over them)")
 
 
 def main(args: argparse.Namespace) -> int:
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [s.strip() for s in args.scenario.split(",") if s.strip()]
-    bad = [s for s in scenarios if s not in SCENARIOS]
+    every = SCENARIOS if args.ha else BASE_SCENARIOS
+    scenarios = list(every) if args.scenario == "all" else [s.strip() for s in args.scenario.split(",") if s.strip()]
+    bad = [s for s in scenarios if s not in every]
     if bad:
-        print(f"error: unknown scenario {bad[0]!r} (one of {', '.join(SCENARIOS)}, or 'all')", file=sys.stderr)
+        hint = " (needs --ha)" if bad[0] in HA_SCENARIOS else ""
+        print(f"error: unknown scenario {bad[0]!r}{hint} (one of {', '.join(every)}, or 'all')", file=sys.stderr)
         return 2
+    scenarios = [sc for sc in scenarios for _ in range(max(1, args.runs))]
     run_dir = Path(args.run_dir or REPO / "runs" / time.strftime("chaos-%Y%m%d-%H%M%S")).resolve()
     prompts = make_prompts(args.requests, args.seed)
     t = time.monotonic()
@@ -493,7 +724,7 @@ def main(args: argparse.Namespace) -> int:
     refs = reference_outputs(prompts, args.max_tokens)
     reference_s = time.monotonic() - t
     t = time.monotonic()
-    cluster = start_cluster(run_dir, args.workers)
+    cluster = start_cluster(run_dir, args.workers, ha=args.ha)
     start_s = time.monotonic() - t
     reports = []
     try:
@@ -510,7 +741,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         say("stopping the cluster")
         cluster.stop()
-    out = reports[0] if len(reports) == 1 else {"scenarios": reports}
+    out = reports[0] if len(reports) == 1 else {"summary": summarize(reports), "scenarios": reports}
     text = json.dumps(out, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -521,4 +752,4 @@ def main(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-__all__ = ["SCENARIOS", "run_scenario", "reference_outputs", "make_prompts", "start_cluster", "wait_cluster_ready"]
+__all__ = ["SCENARIOS", "BASE_SCENARIOS", "HA_SCENARIOS", "summarize", "run_scenario", "reference_outputs", "make_prompts", "start_cluster", "wait_cluster_ready"]
