@@ -23,6 +23,12 @@ redis-server:
 		echo "installing redis-server from Debian packages"; \
 		SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@# Sentinel for `dilaserve up --ha`; without the package it runs as `redis-server --sentinel` (the same program).
+	@command -v redis-sentinel >/dev/null 2>&1 || { \
+		echo "installing redis-sentinel from Debian packages"; \
+		SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+		{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-sentinel >/dev/null; } \
+		|| echo "redis-sentinel not installed: dilaserve up --ha falls back to redis-server --sentinel"; }
 
 up: setup
 	$(VENV)/bin/dilaserve up --workers $(WORKERS) --port $(PORT)
