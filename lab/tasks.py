@@ -15,12 +15,12 @@ learns far more easily than aligning variable-length numbers by their last digit
 - sort: sort a list of digits.
 - rev: reverse a string of letters (up to 24 letters).
 
-Long tasks (answers of 24-48 characters: two to four blocks of 16 in the default canvas of 64), where
-each answer token depends on its neighbours, so committing many at once can go wrong:
-- cum: running sums mod 10 of 24-48 digits (`cum:3141=` → `3485`): digit i is (answer i-1 + digit i)
-  mod 10, easy once its left neighbour is committed and a sum over a growing span when it is not.
-- seq: a count in steps, 2 digits mod 100 (`seq:37+18,12=` → `55,73,91,09,...`: 12 terms, 10-16): each
-  term is the previous one plus the step, with a carry from units to tens.
+Long tasks (answers of 24-62 characters: two to four blocks of 16 in the default canvas of 64). In cum
+the answer tokens depend on one another, so committing many at once can go wrong; in rep they do not:
+- cum: a running sum mod 10 written out step by step, each digit of 12-31 followed by the sum so far
+  (`cum:3141=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
+  easy once its left neighbours are committed, a sum over a growing span when they are not. The copied
+  digits can all be committed at once; the sums are a chain.
 - rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
   letter is independent of the others; the easy, parallel part of the mix.
 """
@@ -35,11 +35,11 @@ from typing import Callable, Literal
 
 Split = Literal["train", "eval"]
 SHORT_TASKS = ("add", "sub", "mul", "sort", "rev")
-LONG_TASKS = ("cum", "seq", "rep")
+LONG_TASKS = ("cum", "rep")
 TASKS = SHORT_TASKS + LONG_TASKS
 EVAL_TASKS = LONG_TASKS  # what `dilaserve eval` measures by default: answers that span several blocks
 EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
-MAX_ANSWER_CHARS = 48
+MAX_ANSWER_CHARS = 62
 MAX_REV_CHARS = 24
 MAX_REPEATED_DRAWS = 20_000
 
@@ -83,19 +83,12 @@ def _rev(rng: random.Random) -> tuple[str, str]:
 
 
 def _cum(rng: random.Random) -> tuple[str, str]:
-    digits = [rng.randint(0, 9) for _ in range(rng.randint(24, 48))]
-    sums, total = [], 0
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(12, 31))]
+    out, total = [], 0
     for d in digits:
         total = (total + d) % 10
-        sums.append(total)
-    return f"cum:{''.join(map(str, digits))}=", "".join(map(str, sums))
-
-
-def _seq(rng: random.Random) -> tuple[str, str]:
-    start, step = rng.randint(0, 99), rng.randint(1, 99)
-    n = rng.randint(10, 16)
-    terms = [(start + k * step) % 100 for k in range(1, n + 1)]
-    return f"seq:{start:02d}+{step:02d},{n}=", ",".join(f"{t:02d}" for t in terms)
+        out.append(f"{d}{total}")
+    return f"cum:{''.join(map(str, digits))}=", "".join(out)
 
 
 def _rep(rng: random.Random) -> tuple[str, str]:
@@ -112,7 +105,6 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "sort": _sort,
     "rev": _rev,
     "cum": _cum,
-    "seq": _seq,
     "rep": _rep,
 }
 
