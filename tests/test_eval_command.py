@@ -22,7 +22,7 @@ def test_eval_writes_every_configuration_and_the_quality_curve(tmp_path: Path) -
     out, quality = tmp_path / "eval.json", tmp_path / "quality.json"
     _run("eval", "--n", "6", "--seed", "5", "--json", str(out), "--batch-size", "6", "--quality-out", str(quality))
     d = json.loads(out.read_text())
-    assert (d["n"], d["seed"]) == (6, 5) and d["model"] and d["tasks"] == ["cum", "seq", "rep"]
+    assert (d["n"], d["seed"]) == (6, 5) and d["model"] and d["tasks"] == ["cum", "rep"]
     config = json.loads((Path(d["model"]) / "config.json").read_text())
     assert d["block_length"] == config["block_length"] and d["max_tokens"] == 4 * config["block_length"]
     res = d["results"]
