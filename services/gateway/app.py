@@ -32,6 +32,7 @@ from shared.profiles import model_dir
 from shared.schemas.cluster import SchedulerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinished, SubmitRequest
+from shared.transport.bus import MSG_ID
 
 log = logging.getLogger("dilaserve.gateway")
 T = TypeVar("T")
@@ -162,7 +163,9 @@ class Gateway:
                 self._offer(msg, headers)
             await asyncio.wait_for(asyncio.gather(
                 self.store.create_request(msg, acc.arrival_s),
-                self.bus.js_publish(subjects.request_submit(), msg, headers, self.gcfg.backend_timeout_s)),
+                # under its id (Nats-Msg-Id) it is retried until the bound: rides out a NATS node failing over
+                self.bus.js_publish(subjects.request_submit(), msg, {**headers, MSG_ID: acc.request_id},
+                                    self.gcfg.backend_timeout_s)),
                 self.gcfg.backend_timeout_s)
         except Exception as exc:
             await relay.close()

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 Headers = dict[str, str]
+MSG_ID = "Nats-Msg-Id"  # JetStream de-duplicates publishes by this header (within its duplicate window)
+JS_ATTEMPT_S = 1.0  # one JetStream publish attempt (they take milliseconds when the stream has a leader)
+JS_RETRY_PAUSE_S = 0.1
 
 
 class NoResponders(Exception):
@@ -174,9 +177,22 @@ class Bus:
             await self.js.update_stream(config)
 
     async def js_publish(self, subject: str, msg: Message, headers: Headers | None = None, timeout_s: float = 5.0) -> int:
-        """Returns the stream sequence once JetStream has stored the message."""
-        ack = await self.js.publish(subject, encode(msg), timeout=timeout_s, headers=headers or None)
-        return ack.seq
+        """Returns the stream sequence once JetStream has stored the message. A message with a MSG_ID
+        header is retried (attempts of at most JS_ATTEMPT_S) until ``timeout_s``: a replicated stream
+        whose leader died answers nothing until its peers elect another (nats-server's raft: ≈ 4-9 s)
+        and drops what was sent meanwhile; JetStream's duplicate window on that id makes retries safe."""
+        retry = bool(headers and headers.get(MSG_ID))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            attempt_s = min(JS_ATTEMPT_S, end - loop.time()) if retry else timeout_s
+            try:
+                ack = await self.js.publish(subject, encode(msg), timeout=max(0.01, attempt_s), headers=headers or None)
+                return ack.seq
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                if not retry or loop.time() + JS_RETRY_PAUSE_S >= end:
+                    raise
+                await asyncio.sleep(JS_RETRY_PAUSE_S)
 
     async def js_consume(
         self, subject: str, stream: str, durable: str, type_: type[M],
