@@ -195,15 +195,18 @@ def test_simulated_side_recovers_a_known_step_slowdown():
                           workload=wspec(duration_s=20.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
     work = {2.0: build_workload(spec.workload, 2.0, encode)}
     from shared.profiles import profile_path
-    from tooling.experiment_sim import SimSetup, profile_cost, simulate_point
-    setup = SimSetup(1, profile_cost(profile_path(spec.model_dir, "cpu")), 8, None, {0.9: 8.0}, 1.0, 3)
-    res = simulate_point("fcfs", [r.sim for r in work[2.0]], setup, ClusterEffects(cpu_cores=2.0))
-    fwd = {r.request_id: r.step_s for r in res.requests}
-    pairs = [(RunKey(0, 2.0, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,  # 40 tokens: 8 a step
-                                                 timings_ms={"worker_forward_ms": 3000 * fwd[w.sim.request_id],
-                                                             "worker_ms": 3000 * fwd[w.sim.request_id]}))
-             for w in work[2.0]]
-    sim, measured = run_sim(spec, work, [_run("fcfs", 2.0, 0, 1.0)], pairs)
+    from tooling.experiment_sim import SimSetup, measured_effects, profile_cost, scaled, simulate_point
+    runs = [_run("fcfs", 2.0, 0, 1.0)]
+    # "live": the same cluster with steps 3× the profile (the batches follow from the slower steps)
+    cost = scaled(profile_cost(profile_path(spec.model_dir, "cpu")), 3.0)
+    setup = SimSetup(1, cost, 8, None, {0.9: 8.0}, 1.0, 3)
+    res = simulate_point("fcfs", [r.sim for r in work[2.0]], setup, measured_effects(runs, 2.0)[2.0])
+    fwd = {r.request_id: r.step_s * 1000 for r in res.requests}
+    pairs = [(RunKey(0, 2.0, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,
+                                                 timings_ms={"worker_forward_ms": fwd[w.sim.request_id],
+                                                             "worker_ms": fwd[w.sim.request_id]}))
+             for w in work[2.0]]  # 40 tokens in 5 steps: 8 a step, as above
+    sim, measured = run_sim(spec, work, runs, pairs)
     assert measured["profile_scale"] == pytest.approx(3.0, rel=0.02)
     assert measured["effects_by_rps"][2.0]["arrival_delay_s"] == pytest.approx(0.002)
     assert sim[(2.0, "fcfs")]["requests"] == len(work[2.0])

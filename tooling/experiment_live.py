@@ -24,6 +24,7 @@ class LiveRun:
     wall_s: float  # first arrival → last answer
     cpu_s: dict[str, float] = field(default_factory=dict)  # process group → CPU seconds during the replay
     run_dir: str = ""
+    phases_s: dict[str, float] = field(default_factory=dict)  # wall time of start, warm-up, replay, stop
 
 
 def policy_env(policy: str, global_slo_s: float, block_len: int) -> dict[str, str]:
@@ -95,12 +96,18 @@ async def warm_up(url: str, shots: list[Shot], concurrency: int, duration_s: flo
 def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[Shot], *, workers: int,
              env: dict[str, str], warmup_s: float, timeout_s: float, start_timeout_s: float = 300.0) -> LiveRun:
     cluster = LocalCluster(run_dir, num_workers=workers, port=free_port(), extra_env=env)
+    marks = [time.perf_counter()]
     try:
         cluster.start(timeout_s=start_timeout_s, progress=False)
+        marks.append(time.perf_counter())
         warm = asyncio.run(warm_up(cluster.url, warmup, workers, warmup_s, timeout_s))
+        marks.append(time.perf_counter())
         before = cpu_by_group(cluster)
         outcomes, wall = asyncio.run(replay(cluster.url, [r.shot for r in workload], timeout_s))
         after = cpu_by_group(cluster)
+        marks.append(time.perf_counter())
     finally:
         cluster.stop()
-    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir))
+    marks.append(time.perf_counter())
+    phases = {k: round(b - a, 3) for k, a, b in zip(("start", "warmup", "replay", "stop"), marks, marks[1:])}
+    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases)

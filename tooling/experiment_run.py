@@ -71,7 +71,8 @@ def run_record(key: RunKey, index: int, workload: list[Request], live, duration_
     return {"policy": key.policy, "rps": key.rps, "repeat": key.repeat, "order": index,
             "live": summarize_run(workload, live.outcomes, duration_s), "wall_s": round(live.wall_s, 3),
             "warmup_requests": len(live.warmup), "warmup_overhead_parts_p50_ms": overhead_parts(warm_ok),
-            "cpu_cores": {k: round(v / wall, 4) for k, v in live.cpu_s.items()}, "run_dir": live.run_dir}
+            "cpu_cores": {k: round(v / wall, 4) for k, v in live.cpu_s.items()}, "run_dir": live.run_dir,
+            "phases_s": live.phases_s}
 
 
 def progress_line(i: int, n: int, rec: dict, took_s: float) -> str:
@@ -140,25 +141,45 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     return sim, measured
 
 
+CALIBRATION_ROUNDS = 4  # fixed-point rounds; a slower step changes the batches, hence the step times
+CALIBRATION_TOLERANCE = 0.02
+
+
 def calibrate(spec: ExperimentSpec, workloads: dict[float, list[Request]], pairs: Pairs, setup,
               effects: dict) -> float | None:
-    """Live forward time / simulated step time of the same requests at the lowest rate (median over
-    policies): how much slower than the profile this machine's steps run for reasons outside the cluster."""
-    from tooling.experiment_sim import simulate_point, step_scale
+    """The factor on the profile at which the simulated forward time of the requests at the lowest rate
+    matches the live one (median over policies): how much slower than the profile this machine's steps
+    run for reasons outside the cluster. None: nothing was served in both."""
+    from tooling.experiment_sim import scaled, simulate_point, step_scale
 
     low = min(spec.rates)
     scales = []
     for policy in spec.policies:
-        fwd: dict[str, list[float]] = {}
-        for key, w, o in pairs:
-            if key.rps == low and key.policy == policy and o.kind == SERVED and o.timings_ms:
-                if o.timings_ms.get("worker_forward_ms") is not None:
-                    fwd.setdefault(w.sim.request_id, []).append(o.timings_ms["worker_forward_ms"] / 1000.0)
-        res = simulate_point(policy, [r.sim for r in workloads[low]], setup, effects[low])
-        s = step_scale(fwd, res)
-        if s is not None:
-            scales.append(s)
+        fwd = live_forward(pairs, low, policy)
+        factor: float | None = 1.0
+        for _ in range(CALIBRATION_ROUNDS):
+            res = simulate_point(policy, [r.sim for r in workloads[low]],
+                                 replace(setup, cost=scaled(setup.cost, factor)), effects[low])
+            ratio = step_scale(fwd, res)
+            if ratio is None:
+                factor = None if factor == 1.0 else factor
+                break
+            factor *= ratio
+            if abs(ratio - 1.0) < CALIBRATION_TOLERANCE:
+                break
+        if factor is not None:
+            scales.append(factor)
     return round(statistics.median(scales), 4) if scales else None
+
+
+def live_forward(pairs: Pairs, rps: float, policy: str) -> dict[str, list[float]]:
+    """Request id → the live forward times (s) of its served runs at one rate under one policy."""
+    fwd: dict[str, list[float]] = {}
+    for key, w, o in pairs:
+        if key.rps == rps and key.policy == policy and o.kind == SERVED and o.timings_ms:
+            if o.timings_ms.get("worker_forward_ms") is not None:
+                fwd.setdefault(w.sim.request_id, []).append(o.timings_ms["worker_forward_ms"] / 1000.0)
+    return fwd
 
 
 def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]]) -> dict:
