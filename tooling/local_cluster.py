@@ -24,6 +24,8 @@ from services.common.processes import (
     wait_port, wait_ready, wait_sentinels, SENTINEL_MASTER,
 )
 
+# A submission waits out a NATS node's failover (its stream leader re-elected: ≈ 4-9 s) instead of a 503.
+HA_ENV = {"DILASERVE_GATEWAY_BACKEND_TIMEOUT_S": "12"}
 HA_REDIS_RESTART_S = 5.0  # a dead Redis node of --ha comes back after Sentinel's failover (≈ 1-3 s), as a replica
 
 
@@ -67,7 +69,7 @@ class LocalCluster:
         self._start_ha_infra() if self.ha else self._start_infra()
         env = service_env(self.nats_url, self.redis_url, {
             "DILASERVE_GATEWAY_PORT": str(self.port), "DILASERVE_PLANNER_NUM_WORKERS": str(self.num_workers),
-            **({"DILASERVE_NATS_STREAM_REPLICAS": str(len(self.nats_ports))} if self.ha else {}),
+            **(HA_ENV | {"DILASERVE_NATS_STREAM_REPLICAS": str(len(self.nats_ports))} if self.ha else {}),
             **self.extra_env,
         })
         self.env = env

@@ -40,6 +40,13 @@ def scheduler_cost_model(cfg: Config):
 LEASE_LOST_EXIT = 3  # a deposed leader exits with this code: its supervisor restarts it as a standby
 
 
+def _keep(tasks: set, coro) -> None:
+    """Run ``coro`` in a task held until it is done (the loop keeps only weak references)."""
+    task = asyncio.ensure_future(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = setup(args)
     shutdown = Shutdown()
@@ -63,9 +70,18 @@ def main(args: argparse.Namespace) -> int:
         lease = Lease(store, sc.scheduler_id, sc.lease_ttl_s)
         election = Election(lease, sc.lease_ttl_s, sc.lease_renew_s)
         svc = SchedulerService(cfg.scheduler, cfg.nats, bus, store, policy, tel, block_length=cfg.worker.block_length,
-                               fence=lambda: lease.fence,
-                               on_fenced=lambda: shutdown.request(LEASE_LOST_EXIT, "a placement was fenced: another scheduler leads"))
+                               fence=lambda: lease.fence, on_fenced=lambda: _keep(checks, check()))
         leading = asyncio.Event()
+        checks: set[asyncio.Task] = set()
+
+        async def check() -> None:
+            """A fenced placement: deposed, or only carrying the token before a re-acquisition?"""
+            try:
+                if lease.held and await asyncio.wait_for(lease.renew(), sc.lease_renew_s):
+                    return
+            except Exception:
+                return  # Redis unreachable: the renewal loop decides
+            shutdown.request(LEASE_LOST_EXIT, f"a placement was fenced: {await lease.current() or 'nobody'} leads")
 
         async def lead() -> None:
             await election.campaign()

@@ -398,9 +398,9 @@ class SchedulerService:
         entry.confirm = False
         done, current = await self.store.transition(s.request_id, "assigned", ("queued", "assigned", "running"), now,
                                                     worker_id, fence=self.fence() if self.fence else None)
-        if current == FENCED:  # another scheduler leads now: place nothing, ack nothing (it rebuilds from Redis)
-            log.error("placement of %s fenced: this scheduler no longer holds the leader lease", s.request_id)
-            self._requeue(entry, delay_s=math.inf)
+        if current == FENCED:  # the lease changed: nothing placed, nothing acked; tried again unless deposed
+            log.warning("placement of %s fenced: the leader lease changed", s.request_id)
+            self._requeue(entry, delay_s=0.2)
             if self.on_fenced:
                 self.on_fenced()
             return
