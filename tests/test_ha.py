@@ -58,3 +58,16 @@ def test_failover_loses_nothing(ha_setup, scenario):
     assert rep["fault"]["failover_s"] <= 5.0, rep["fault"]
     # the victim is back, started by the cluster itself
     assert next(p for p in cluster.services + cluster.infra if p.name == rep["fault"]["target"]).alive()
+
+
+def test_sentinel_urls_are_checked():
+    from shared.transport.store import _sentinel_pool
+
+    pool = _sentinel_pool("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/dlm/2", {"max_connections": 4})
+    assert pool.service_name == "dlm" and pool.connection_kwargs["db"] == 2
+    assert [tuple(s.connection_pool.connection_kwargs[k] for k in ("host", "port"))
+            for s in pool.sentinel_manager.sentinels] == [("127.0.0.1", 26379), ("127.0.0.1", 26380)]
+    with pytest.raises(ValueError, match="names no master"):
+        _sentinel_pool("redis+sentinel://127.0.0.1:26379", {})
+    with pytest.raises(ValueError, match="not host:port"):
+        _sentinel_pool("redis+sentinel://localhost/dlm/0", {})

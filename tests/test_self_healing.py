@@ -13,13 +13,39 @@ import time
 import httpx
 import pytest
 
-from services.common.processes import free_port
+from services.common.processes import Healer, Proc, _spawn, free_port
 from tooling.local_cluster import LocalCluster
 
 SLO_MS = 20_000
 BODY = {"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 16, "dlm": {"slo_ms": SLO_MS}}
 IN_FLIGHT = 3
 VICTIMS = ["scheduler", "redis", "nats", "worker-0", "planner", "gateway"]
+
+
+def test_healer_backs_off_and_logs_exit_codes(tmp_path):
+    """A process that keeps dying is restarted after 0.1, 0.2, 0.4 s ... (each exit logged with its code)."""
+    def crashing() -> Proc:
+        p = _spawn("crasher", ["sh", "-c", "exit 3"], tmp_path)
+        p.respawn, p.first_delay_s = crashing, 0.1
+        return p
+
+    procs, said = [crashing()], []
+    healer = Healer([procs], said.append, max_delay_s=0.4, stable_s=60.0, period_s=0.02)
+    healer.start()
+    try:
+        end = time.monotonic() + 20
+        while sum(e[2] == "restarted" for e in healer.events) < 4 and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        healer.stop()
+    exits = [t for t, _, what in healer.events if what == "exited 3"]
+    restarts = [t for t, _, what in healer.events if what == "restarted"]
+    assert len(restarts) >= 4, said
+    delays = [r - e for e, r in zip(exits, restarts)]
+    assert delays[0] >= 0.1 and delays[1] >= 0.2 and delays[2] >= 0.4 and delays[3] >= 0.4, delays
+    assert delays[3] < 2.0, delays  # capped at max_delay_s (plus polling)
+    assert any("crasher exited (code 3); restarting in 0.2s" in m for m in said), said
+    procs[0].popen.wait()
 
 
 @pytest.fixture(scope="module")
