@@ -210,6 +210,13 @@ def test_simulated_side_recovers_a_known_step_slowdown():
     assert measured["profile_scale"] == pytest.approx(3.0, rel=0.02)
     assert measured["effects_by_rps"][2.0]["arrival_delay_s"] == pytest.approx(0.002)
     assert sim[(2.0, "fcfs")]["requests"] == len(work[2.0])
+    assert runs[0]["slowdown_vs_profile"] > 3.0  # on the unscaled profile the batches are smaller
+
+
+def test_a_machine_whose_speed_changed_between_runs_is_flagged():
+    from tooling.experiment_run import speed_warning
+    assert speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 1.5}]) is None
+    assert "changed between runs" in speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 3.0}])
 
 
 # --- one small live run ------------------------------------------------------------------------------------

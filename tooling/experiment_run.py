@@ -126,6 +126,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     low = min(spec.rates)
     overhead = step_overhead_s([o for key, _, o in pairs if key.rps == low])
     effects = {rps: replace(e, step_overhead_s=overhead or 0.0) for rps, e in effects.items()}
+    slowdowns(spec, workloads, runs, pairs, setup, effects)
     scale = calibrate(spec, workloads, pairs, setup, effects)
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
     # starts from the scaled profile too, which is also the simulated truth.
@@ -139,6 +140,30 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
+
+
+def slowdowns(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,
+              setup, effects: dict) -> None:
+    """Each run's ``slowdown_vs_profile``: its live forward time / the simulated one of the same requests
+    on the unscaled profile. Runs that differ much ran on a machine whose speed changed between them."""
+    from tooling.experiment_sim import simulate_point, step_scale
+
+    for rps in spec.rates:
+        for policy in spec.policies:
+            res = simulate_point(policy, [r.sim for r in workloads[rps]], setup, effects[rps])
+            for run in runs:
+                if run["rps"] == rps and run["policy"] == policy:
+                    s = step_scale(live_forward(pairs, rps, policy, run["repeat"]), res)
+                    run["slowdown_vs_profile"] = None if s is None else round(s, 4)
+
+
+def speed_warning(runs: list[dict], limit: float = 2.0) -> str | None:
+    """A line for a person when the runs' slowdowns against the profile differ by more than ``limit``×."""
+    vals = [r["slowdown_vs_profile"] for r in runs if r.get("slowdown_vs_profile")]
+    if len(vals) < 2 or max(vals) <= limit * min(vals):
+        return None
+    return (f"warning: the machine's speed changed between runs (steps {min(vals):.1f}–{max(vals):.1f}× the "
+            f"profile, runs[].slowdown_vs_profile): live differences may be the machine's, not the policies'")
 
 
 CALIBRATION_ROUNDS = 4  # fixed-point rounds; a slower step changes the batches, hence the step times
@@ -172,11 +197,13 @@ def calibrate(spec: ExperimentSpec, workloads: dict[float, list[Request]], pairs
     return round(statistics.median(scales), 4) if scales else None
 
 
-def live_forward(pairs: Pairs, rps: float, policy: str) -> dict[str, list[float]]:
-    """Request id → the live forward times (s) of its served runs at one rate under one policy."""
+def live_forward(pairs: Pairs, rps: float, policy: str, repeat: int | None = None) -> dict[str, list[float]]:
+    """Request id → the live forward times (s) of its served runs at one rate under one policy (one
+    repeat's, or all)."""
     fwd: dict[str, list[float]] = {}
     for key, w, o in pairs:
-        if key.rps == rps and key.policy == policy and o.kind == SERVED and o.timings_ms:
+        if key.rps == rps and key.policy == policy and repeat in (None, key.repeat) and o.kind == SERVED \
+                and o.timings_ms:
             if o.timings_ms.get("worker_forward_ms") is not None:
                 fwd.setdefault(w.sim.request_id, []).append(o.timings_ms["worker_forward_ms"] / 1000.0)
     return fwd
@@ -197,5 +224,8 @@ def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[
     plots = write_plots(report, out)
     for line in table_lines(report):
         log(line)
+    warning = speed_warning(runs)
+    if warning:
+        log(warning)
     report["paths"] = {"json": str(json_path), "plots": [str(p) for p in plots]}
     return report
