@@ -20,7 +20,7 @@ import torch
 
 from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
 from services.worker.model import default_model_dir, load_model, load_tokenizer
-from lab.tasks import EVAL_TASKS, TASKS, Problem, check_answer, make_problems
+from lab.tasks import EVAL_TASKS, TASKS, Problem, check_answer, make_problems, parse_task_weights, train_weights_at
 
 THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5)
 CACHES = ("none", "prefix", "dual")
@@ -144,11 +144,24 @@ def load(args: argparse.Namespace):
 
 
 def problems_of(args: argparse.Namespace) -> list[Problem]:
-    return make_problems(args.n, args.seed, "eval", tasks=parse_tasks(args.tasks))
+    return make_problems(args.n, args.seed, "eval", tasks=parse_tasks(args.tasks, args.model))
 
 
-def parse_tasks(spec: str) -> tuple[str, ...]:
-    """``"all"``, ``"eval"`` (the long tasks) or a comma list of task names."""
+def trained_tasks(model_dir: str) -> tuple[str, ...]:
+    """The tasks the model's last training stage drew (its training.json), else the long tasks."""
+    path = Path(model_dir) / "training.json"
+    if not path.is_file():
+        return EVAL_TASKS
+    spec = json.loads(path.read_text()).get("task_weights") or ""
+    weights = parse_task_weights(spec) if spec else train_weights_at(0.0)
+    return tuple(t for t in TASKS if weights.get(t, 0.0) > 0)
+
+
+def parse_tasks(spec: str, model_dir: str) -> tuple[str, ...]:
+    """``"trained"`` (what the model was trained on), ``"all"``, ``"eval"`` (the long tasks) or a comma
+    list of task names."""
+    if spec == "trained":
+        return trained_tasks(model_dir)
     if spec == "all":
         return TASKS
     if spec == "eval":
@@ -170,8 +183,9 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int) -> None:
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"canvas length (default: {CANVAS_BLOCKS} blocks)")
     p.add_argument("--block-length", type=int, default=None, help="default: the model's config.json block_length")
-    p.add_argument("--tasks", default="eval",
-                   help=f"comma list of tasks, 'eval' (default: {', '.join(EVAL_TASKS)}) or 'all'")
+    p.add_argument("--tasks", default="trained",
+                   help=f"comma list of tasks, 'trained' (default: the tasks of the model's training.json), "
+                        f"'eval' (the long tasks: {', '.join(EVAL_TASKS)}) or 'all'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
 
@@ -235,7 +249,7 @@ def describe(label: str, r: dict) -> str:
 
 
 def header(args: argparse.Namespace) -> dict:
-    return {"n": args.n, "seed": args.seed, "model": str(args.model), "tasks": list(parse_tasks(args.tasks)),
+    return {"n": args.n, "seed": args.seed, "model": str(args.model), "tasks": list(parse_tasks(args.tasks, args.model)),
             "max_tokens": args.max_tokens, "block_length": args.block_length, "batch_size": args.batch_size,
             "device": args.device}
 

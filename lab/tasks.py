@@ -18,9 +18,13 @@ learns far more easily than aligning variable-length numbers by their last digit
 Long tasks (answers of 24-62 characters: two to four blocks of 16 in the default canvas of 64). In cum
 the answer tokens depend on one another, so committing many at once can go wrong; in rep they do not:
 - cum: a running sum mod 10 written out step by step, each digit of 12-31 followed by the sum so far
-  (`cum:3141=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
+  (`cum:3 1 4 1=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
   easy once its left neighbours are committed, a sum over a growing span when they are not. The copied
-  digits can all be committed at once; the sums are a chain.
+  digits can all be committed at once; the sums are a chain. The prompt's digits are space-separated so
+  that answer digit i sits at one fixed offset from prompt digit i (2 × the digit count): with rotary
+  positions a constant offset is what a small model aligns easily (as in rep); a packed prompt
+  (`cum:3141=`) puts them at an offset that grows with i, which a 2.7 M model had not learned after
+  2250 fine-tuning steps (docs/engine.md).
 - rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
   letter is independent of the others; the easy, parallel part of the mix.
 """
@@ -88,7 +92,7 @@ def _cum(rng: random.Random) -> tuple[str, str]:
     for d in digits:
         total = (total + d) % 10
         out.append(f"{d}{total}")
-    return f"cum:{''.join(map(str, digits))}=", "".join(out)
+    return f"cum:{' '.join(map(str, digits))}=", "".join(out)
 
 
 def _rep(rng: random.Random) -> tuple[str, str]:
