@@ -133,11 +133,9 @@ def _segment_kv(seg: Segment, layer: int, ks: torch.Tensor, vs: torch.Tensor):
     if seg.kind == "full":
         return ks, vs
     assert seg.cache is not None, f"{seg.kind} segment needs a cache"
-    if seg.kind == "dual":
-        start = int(seg.positions[0])
-        end = start + ks.shape[1]
-        seg.cache.keys[layer, :, start:end] = ks
-        seg.cache.values[layer, :, start:end] = vs
+    if seg.kind == "dual":  # index_copy_ by the positions tensor: no read-back to the host
+        seg.cache.keys[layer].index_copy_(1, seg.positions, ks)
+        seg.cache.values[layer].index_copy_(1, seg.positions, vs)
         return seg.cache.keys[layer], seg.cache.values[layer]
     keys = torch.cat([seg.cache.keys[layer], ks], dim=1)
     vals = torch.cat([seg.cache.values[layer], vs], dim=1)
