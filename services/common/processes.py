@@ -213,7 +213,8 @@ def wait_ready(url: str, num_workers: int, procs: list[Proc], timeout_s: float, 
         if body.get("ready") and len(body.get("workers", [])) >= num_workers and body.get("planner"):
             return body
         time.sleep(0.25)
-    raise RuntimeError(f"cluster not ready after {timeout_s:.0f}s ({last}); logs in {procs[0].log_path.parent}")
+    where = f"; logs in {procs[0].log_path.parent}" if procs else ""
+    raise RuntimeError(f"cluster not ready after {timeout_s:.0f}s ({last}){where}")
 
 
 def stop_all(procs: list[Proc], grace_s: float = 10.0) -> None:
