@@ -151,7 +151,7 @@ def sample_problem(
     weights: dict[str, float] | None = None,
 ) -> Problem:
     """Draw one problem of the given split (rejection on the prompt hash); ``weights`` biases the task."""
-    w = [weights.get(t, 1.0) for t in tasks] if weights else None
+    w = [weights.get(t, 0.0) for t in tasks] if weights else None  # a task not named is not drawn
     while True:
         task = rng.choices(tasks, weights=w)[0] if w else rng.choice(tasks)
         prompt, answer = GENERATORS[task](rng)

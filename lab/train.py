@@ -102,6 +102,9 @@ def make_batch(cfg: TrainConfig, codec: CharCodec, step: int) -> tuple[torch.Ten
     for i in range(cfg.batch_size):
         p = sample_problem(rng, "train", weights=weights)
         ans = codec.encode(p.answer)
+        if len(ans) + 1 > cfg.max_canvas:
+            raise ValueError(f"a {p.task} answer has {len(ans)} tokens: --max-canvas {cfg.max_canvas} leaves no room "
+                             f"for it and its EOS (long tasks need 64)")
         canvas_len = rng.randint(max(cfg.min_canvas, len(ans) + 1), cfg.max_canvas)
         canvas = ans + [codec.eos] * (canvas_len - len(ans))
         prompt = codec.encode(p.prompt)
