@@ -214,7 +214,7 @@ def test_simulated_side_recovers_a_known_step_slowdown():
 
 
 def test_a_machine_whose_speed_changed_between_runs_is_flagged():
-    from tooling.experiment_run import speed_warning
+    from tooling.experiment_calibrate import speed_warning
     assert speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 1.5}]) is None
     assert "changed between runs" in speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 3.0}])
 

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from tooling.experiment_metrics import METRICS, aggregate
+from tooling.experiment_metrics import aggregate
 
 PLOTS = (("slo_attainment", "SLO attainment", "attainment_vs_rate.png"),
          ("latency_p50_s", "p50 latency (s), served", "latency_p50_vs_rate.png"))
@@ -98,5 +98,3 @@ def table_lines(report: dict) -> list[str]:
         lines.append(f"{p['rps']:g} req/s: " + "; ".join(cells))
     return lines
 
-
-__all__ = ["METRICS", "points", "write_json", "write_plots", "table_lines"]

@@ -4,7 +4,6 @@ requests, then the report (tooling/experiment.py is the command line)."""
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Callable
 
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
+from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning
 from tooling.experiment_metrics import accuracy_by_tau, step_overhead_s, summarize_run, tokens_per_step
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
@@ -126,8 +126,8 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     low = min(spec.rates)
     overhead = step_overhead_s([o for key, _, o in pairs if key.rps == low])
     effects = {rps: replace(e, step_overhead_s=overhead or 0.0) for rps, e in effects.items()}
-    slowdowns(spec, workloads, runs, pairs, setup, effects)
-    scale = calibrate(spec, workloads, pairs, setup, effects)
+    slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
+    scale = calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects)
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
     # starts from the scaled profile too, which is also the simulated truth.
     setup = replace(setup, cost=scaled(setup.cost, scale or 1.0))
@@ -140,73 +140,6 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
-
-
-def slowdowns(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,
-              setup, effects: dict) -> None:
-    """Each run's ``slowdown_vs_profile``: its live forward time / the simulated one of the same requests
-    on the unscaled profile. Runs that differ much ran on a machine whose speed changed between them."""
-    from tooling.experiment_sim import simulate_point, step_scale
-
-    for rps in spec.rates:
-        for policy in spec.policies:
-            res = simulate_point(policy, [r.sim for r in workloads[rps]], setup, effects[rps])
-            for run in runs:
-                if run["rps"] == rps and run["policy"] == policy:
-                    s = step_scale(live_forward(pairs, rps, policy, run["repeat"]), res)
-                    run["slowdown_vs_profile"] = None if s is None else round(s, 4)
-
-
-def speed_warning(runs: list[dict], limit: float = 2.0) -> str | None:
-    """A line for a person when the runs' slowdowns against the profile differ by more than ``limit``×."""
-    vals = [r["slowdown_vs_profile"] for r in runs if r.get("slowdown_vs_profile")]
-    if len(vals) < 2 or max(vals) <= limit * min(vals):
-        return None
-    return (f"warning: the machine's speed changed between runs (steps {min(vals):.1f}–{max(vals):.1f}× the "
-            f"profile, runs[].slowdown_vs_profile): live differences may be the machine's, not the policies'")
-
-
-CALIBRATION_ROUNDS = 4  # fixed-point rounds; a slower step changes the batches, hence the step times
-CALIBRATION_TOLERANCE = 0.02
-
-
-def calibrate(spec: ExperimentSpec, workloads: dict[float, list[Request]], pairs: Pairs, setup,
-              effects: dict) -> float | None:
-    """The factor on the profile at which the simulated forward time of the requests at the lowest rate
-    matches the live one (median over policies): how much slower than the profile this machine's steps
-    run for reasons outside the cluster. None: nothing was served in both."""
-    from tooling.experiment_sim import scaled, simulate_point, step_scale
-
-    low = min(spec.rates)
-    scales = []
-    for policy in spec.policies:
-        fwd = live_forward(pairs, low, policy)
-        factor: float | None = 1.0
-        for _ in range(CALIBRATION_ROUNDS):
-            res = simulate_point(policy, [r.sim for r in workloads[low]],
-                                 replace(setup, cost=scaled(setup.cost, factor)), effects[low])
-            ratio = step_scale(fwd, res)
-            if ratio is None:
-                factor = None if factor == 1.0 else factor
-                break
-            factor *= ratio
-            if abs(ratio - 1.0) < CALIBRATION_TOLERANCE:
-                break
-        if factor is not None:
-            scales.append(factor)
-    return round(statistics.median(scales), 4) if scales else None
-
-
-def live_forward(pairs: Pairs, rps: float, policy: str, repeat: int | None = None) -> dict[str, list[float]]:
-    """Request id → the live forward times (s) of its served runs at one rate under one policy (one
-    repeat's, or all)."""
-    fwd: dict[str, list[float]] = {}
-    for key, w, o in pairs:
-        if key.rps == rps and key.policy == policy and repeat in (None, key.repeat) and o.kind == SERVED \
-                and o.timings_ms:
-            if o.timings_ms.get("worker_forward_ms") is not None:
-                fwd.setdefault(w.sim.request_id, []).append(o.timings_ms["worker_forward_ms"] / 1000.0)
-    return fwd
 
 
 def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]]) -> dict:
