@@ -12,6 +12,7 @@ import pytest
 
 from shared import subjects
 from shared.transport import Bus
+from services.common.processes import wait_sentinels
 from tooling.chaos import make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
 
 pytestmark = pytest.mark.slow  # ≈ 2 min on an idle 2-core machine: 14 processes, two faults
@@ -71,3 +72,50 @@ def test_sentinel_urls_are_checked():
         _sentinel_pool("redis+sentinel://127.0.0.1:26379", {})
     with pytest.raises(ValueError, match="not host:port"):
         _sentinel_pool("redis+sentinel://localhost/dlm/0", {})
+
+
+def test_redis_fails_over_twice_without_losing_writes(tmp_path):
+    """Master killed, Sentinel promotes the replica, the healer brings the old master back as a replica
+    of the new one (it asks Sentinel first); then the new master is killed too: every write survives."""
+    from services.common.processes import Healer, _sentinel_master
+    from shared.transport import Store
+    from tooling.local_cluster import LocalCluster
+
+    c = LocalCluster(tmp_path, ha=True)
+    healer = None
+    try:
+        c._start_ha_infra()
+        healer = Healer([c.infra], print)
+        healer.start()
+
+        async def write_then_kill(key: str) -> None:
+            store = await Store.connect(c.redis_url)
+            try:
+                await store.r.set(key, "1")
+                master = int(_sentinel_master(c.sentinel_ports[0])["port"])
+                victim = next(p for p in c.infra if p.name == f"redis-{c.redis_ports.index(master)}")
+                victim.popen.kill()
+                for _ in range(200):
+                    await asyncio.sleep(0.1)
+                    if int(_sentinel_master(c.sentinel_ports[0]).get("port", master)) != master:
+                        break
+                assert await store.r.get(key) == b"1"  # through Sentinel, on the new master
+            finally:
+                await store.close()
+
+        asyncio.run(write_then_kill("a"))
+        wait_sentinels(c.sentinel_ports, timeout_s=90)  # the old master is back, replicating
+        asyncio.run(write_then_kill("b"))
+
+        async def both() -> list:
+            store = await Store.connect(c.redis_url)
+            try:
+                return [await store.r.get(k) for k in ("a", "b")]
+            finally:
+                await store.close()
+
+        assert asyncio.run(both()) == [b"1", b"1"]
+    finally:
+        if healer is not None:
+            healer.stop()
+        c.stop()

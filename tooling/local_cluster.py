@@ -110,14 +110,16 @@ class LocalCluster:
         self.infra = [start_nats(self.run_dir, self.nats_ports[i], f"nats-{i}", routes[i],
                                  [r for j, r in enumerate(routes) if j != i]) for i in range(3)]
         self.redis_ports = [free_port(), free_port()]
-        redis = [start_redis(self.run_dir, self.redis_ports[0], "redis-0", sentinel=True),
-                 start_redis(self.run_dir, self.redis_ports[1], "redis-1", replica_of=self.redis_ports[0], sentinel=True)]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        sp = self.sentinel_ports
+        redis = [start_redis(self.run_dir, self.redis_ports[0], "redis-0", sentinel=True, sentinel_ports=sp),
+                 start_redis(self.run_dir, self.redis_ports[1], "redis-1", replica_of=self.redis_ports[0], sentinel=True,
+                             sentinel_ports=sp)]
         for p in redis:
             p.first_delay_s = HA_REDIS_RESTART_S
         self.infra += redis
         for p, port in zip(self.infra, self.nats_ports + self.redis_ports):
             wait_port(port, 30, p)
-        self.sentinel_ports = [free_port() for _ in range(3)]
         sentinels = [start_sentinel(self.run_dir, port, self.redis_ports[0], f"sentinel-{i}")
                      for i, port in enumerate(self.sentinel_ports)]
         self.infra += sentinels

@@ -90,11 +90,17 @@ def start_nats(run_dir: Path, port: int, name: str = "nats", cluster_port: int =
     return proc
 
 
-def start_redis(run_dir: Path, port: int, name: str = "redis", replica_of: int = 0, sentinel: bool = False) -> Proc:
+def start_redis(run_dir: Path, port: int, name: str = "redis", replica_of: int = 0, sentinel: bool = False,
+                sentinel_ports: list[int] = ()) -> Proc:
     """redis-server with AOF (``appendfsync everysec``: a killed process loses nothing it answered, the
     writes are in the kernel; a machine crash may lose the last second). Options live in a config file
     in its data dir; under ``sentinel`` that file is written once and then left to Sentinel, which
-    records role changes there (CONFIG REWRITE), so a restarted node comes back in its current role."""
+    records role changes there (CONFIG REWRITE). A node of a Sentinel-watched pair asks Sentinel for the
+    master first and starts as its replica when that is another node: a restarted ex-master must not
+    come back as a second master (Sentinel would only demote it seconds later)."""
+    master = _known_master(sentinel_ports)
+    if master and master != port:
+        replica_of = master
     data = run_dir / name
     data.mkdir(parents=True, exist_ok=True)
     conf = data / "redis.conf"
@@ -104,9 +110,20 @@ def start_redis(run_dir: Path, port: int, name: str = "redis", replica_of: int =
         if replica_of:
             lines.append(f"replicaof 127.0.0.1 {replica_of}")
         conf.write_text("\n".join(lines) + "\n")
-    proc = _spawn(name, [redis_server_binary(), str(conf)], run_dir / "logs")
-    proc.respawn = lambda: start_redis(run_dir, port, name, replica_of, sentinel)
+    extra = ["--replicaof", "127.0.0.1", str(replica_of)] if sentinel and replica_of else []
+    proc = _spawn(name, [redis_server_binary(), str(conf), *extra], run_dir / "logs")
+    proc.respawn = lambda: start_redis(run_dir, port, name, replica_of if not sentinel_ports else 0, sentinel,
+                                       sentinel_ports)
     return proc
+
+
+def _known_master(sentinel_ports: list[int]) -> int:
+    """The master's port as the first Sentinel that answers knows it (0: none answers)."""
+    for p in sentinel_ports:
+        port = _sentinel_master(p).get("port", "")
+        if port.isdigit():
+            return int(port)
+    return 0
 
 
 SENTINEL_MASTER = "dlm"
@@ -140,22 +157,33 @@ def wait_sentinels(ports: list[int], timeout_s: float = 60.0) -> None:
     view: dict[str, str] = {}
     while time.monotonic() < end:
         views = [_sentinel_master(p) for p in ports]
-        if all(all(int(v.get(k, 0)) >= n for k, n in want.items()) for v in views):
+        if all(all(int(v.get(k, 0)) >= n for k, n in want.items()) for v in views) and _replica_in_sync(ports[0]):
             return
         view = views[0]
         time.sleep(0.25)
-    raise RuntimeError(f"Sentinels did not see the replica and each other within {timeout_s:.0f}s: {view}")
+    raise RuntimeError(f"Sentinels did not see a replica in sync and each other within {timeout_s:.0f}s: {view}")
+
+
+def _replica_in_sync(sentinel_port: int) -> bool:
+    """A replica that is up and linked to the master (Sentinel also lists a dead or not-yet-converted one)."""
+    out = _redis_cli(sentinel_port, "SENTINEL", "REPLICAS", SENTINEL_MASTER)
+    fields = dict(zip(out[0::2], out[1::2]))  # one replica here: its fields
+    return fields.get("flags") == "slave" and fields.get("master-link-status") == "ok"
 
 
 def _sentinel_master(port: int) -> dict[str, str]:
-    """``SENTINEL MASTER`` through redis-cli (the tooling does not speak Redis itself)."""
+    """``SENTINEL MASTER`` (ip, port, flags, num-slaves, ...)."""
+    out = _redis_cli(port, "SENTINEL", "MASTER", SENTINEL_MASTER)
+    return dict(zip(out[0::2], out[1::2]))
+
+
+def _redis_cli(port: int, *args: str) -> list[str]:
+    """One command through redis-cli (the tooling does not speak Redis itself): its output lines."""
     cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
     try:
-        out = subprocess.run([cli, "-p", str(port), "SENTINEL", "MASTER", SENTINEL_MASTER], capture_output=True,
-                             text=True, timeout=5).stdout.split("\n")
+        return subprocess.run([cli, "-p", str(port), *args], capture_output=True, text=True, timeout=5).stdout.split("\n")
     except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(zip(out[0::2], out[1::2]))
+        return []
 
 
 def sentinel_command() -> list[str]:
