@@ -5,10 +5,7 @@ transformers' interactive remote-code prompt."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
