@@ -57,7 +57,8 @@ def test_failover_loses_nothing(ha_setup, scenario):
     assert rep["accepted"] >= NUM_REQUESTS // 2, (summary, rep["rejections"])
     assert set(rep["redis_states"]) == {"completed"}, rep["redis_states"]
     assert rep["fault"]["failover_s"] <= 5.0, rep["fault"]
-    # the victim is back, started by the cluster itself
+    # the victim comes back, started by the cluster itself (a Redis node after 5 s, as a replica)
+    wait_cluster_ready(cluster, timeout_s=60)
     assert next(p for p in cluster.services + cluster.infra if p.name == rep["fault"]["target"]).alive()
 
 

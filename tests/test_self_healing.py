@@ -17,8 +17,8 @@ from services.common.processes import Healer, Proc, _spawn, free_port
 from tooling.local_cluster import LocalCluster
 
 SLO_MS = 20_000
-BODY = {"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 16, "dlm": {"slo_ms": SLO_MS}}
-IN_FLIGHT = 3
+BODY = {"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 32, "dlm": {"slo_ms": SLO_MS}}
+IN_FLIGHT = 8
 VICTIMS = ["scheduler", "redis", "nats", "worker-0", "planner", "gateway"]
 
 
@@ -84,16 +84,26 @@ async def _until_served(client: httpx.AsyncClient, url: str, timeout_s: float) -
 
 
 async def _kill_under_load(c: LocalCluster, victim: str) -> dict:
+    """Requests every 50 ms from before the kill to after it: some in flight at the kill, some
+    submitted while the victim is down."""
     old = next(p for p in c.services + c.infra if p.name == victim)
     async with httpx.AsyncClient(timeout=httpx.Timeout(SLO_MS / 1000 + 30)) as client:
-        flying = [asyncio.create_task(_post(client, c.url)) for _ in range(IN_FLIGHT)]
-        await asyncio.sleep(0.3)
-        os.kill(old.pid, signal.SIGKILL)
-        t_kill = time.monotonic()
+        flying = []
+        for k in range(IN_FLIGHT):
+            flying.append(asyncio.create_task(_post(client, c.url)))
+            if k == IN_FLIGHT // 2:
+                os.kill(old.pid, signal.SIGKILL)
+                t_kill = time.monotonic()
+            await asyncio.sleep(0.05)
         answers = await asyncio.gather(*flying)
         await _until_served(client, c.url, 60)
         recovered_s = time.monotonic() - t_kill
-    new = next(p for p in c.services + c.infra if p.name == victim)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:  # the healer's first delay is 0.5 s
+        new = next(p for p in c.services + c.infra if p.name == victim)
+        if new is not old and new.alive():
+            break
+        await asyncio.sleep(0.1)
     return {"answers": answers, "recovered_s": recovered_s, "restarted": new is not old and new.alive()}
 
 
