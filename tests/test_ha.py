@@ -78,7 +78,7 @@ def test_sentinel_urls_are_checked():
 def test_redis_fails_over_twice_without_losing_writes(tmp_path):
     """Master killed, Sentinel promotes the replica, the healer brings the old master back as a replica
     of the new one (it asks Sentinel first); then the new master is killed too: every write survives."""
-    from services.common.processes import Healer, _sentinel_master
+    from services.common.processes import Healer, sentinel_master
     from shared.transport import Store
     from tooling.local_cluster import LocalCluster
 
@@ -93,12 +93,12 @@ def test_redis_fails_over_twice_without_losing_writes(tmp_path):
             store = await Store.connect(c.redis_url)
             try:
                 await store.r.set(key, "1")
-                master = int(_sentinel_master(c.sentinel_ports[0])["port"])
+                master = int(sentinel_master(c.sentinel_ports[0])["port"])
                 victim = next(p for p in c.infra if p.name == f"redis-{c.redis_ports.index(master)}")
                 victim.popen.kill()
                 for _ in range(200):
                     await asyncio.sleep(0.1)
-                    if int(_sentinel_master(c.sentinel_ports[0]).get("port", master)) != master:
+                    if int(sentinel_master(c.sentinel_ports[0]).get("port", master)) != master:
                         break
                 assert await store.r.get(key) == b"1"  # through Sentinel, on the new master
             finally:

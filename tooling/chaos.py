@@ -18,6 +18,16 @@ exactly once, with the output it would have had without the fault.
    - ``pause-worker``: SIGSTOP a worker for longer than the heartbeat timeout, then SIGCONT: it is
      declared dead, its requests run again elsewhere, and then it wakes up and finishes them too — the
      case that needs exactly-once completion.
+   With ``--ha`` the cluster is `dilaserve up --ha` and heals itself: the harness only kills (the old
+   scenarios then hit the leading scheduler, the Redis master, one NATS node), and four more apply:
+   - ``kill-leader-scheduler``: SIGKILL the lease holder; failover = until another lease value is held;
+   - ``kill-nats-node``: SIGKILL the node leading the submit stream; failover = until the stream answers
+     under a live leader;
+   - ``kill-redis-master``: SIGKILL the master; failover = until Sentinel names the other node and a
+     write through Sentinel lands;
+   - ``kill-gateway``: SIGKILL one gateway; clients use the other one, and a client whose stream was cut
+     reads its result there by id (``X-Request-Id``).
+   ``--runs N`` repeats each scenario; the report's ``summary`` has failover p50/max per scenario.
 4. Every request is awaited; the JSON counts ``accepted`` (HTTP 200: the gateway stored it in Redis
    and JetStream), ``rejected``, ``completed``, ``lost`` (accepted, never completed), ``duplicates``
    (requests whose RequestFinished was published more than once: counted by a JetStream stream that
@@ -46,7 +56,7 @@ from urllib.parse import urlparse
 import httpx
 
 from services.common.processes import (
-    REPO, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready, wait_sentinels, _sentinel_master,
+    REPO, Proc, free_port, start_nats, start_redis, start_service, wait_port, wait_ready, wait_sentinels, sentinel_master,
 )
 from tooling.local_cluster import LocalCluster
 
@@ -290,7 +300,7 @@ async def _leader_name(store, cluster: LocalCluster) -> str:
 
 
 def _redis_master_port(cluster: LocalCluster) -> int:
-    view = _sentinel_master(cluster.sentinel_ports[0])
+    view = sentinel_master(cluster.sentinel_ports[0])
     return int(view.get("port", 0))
 
 

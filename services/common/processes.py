@@ -120,7 +120,7 @@ def start_redis(run_dir: Path, port: int, name: str = "redis", replica_of: int =
 def _known_master(sentinel_ports: list[int]) -> int:
     """The master's port as the first Sentinel that answers knows it (0: none answers)."""
     for p in sentinel_ports:
-        port = _sentinel_master(p).get("port", "")
+        port = sentinel_master(p).get("port", "")
         if port.isdigit():
             return int(port)
     return 0
@@ -156,7 +156,7 @@ def wait_sentinels(ports: list[int], timeout_s: float = 60.0) -> None:
     want = {"num-slaves": 1, "num-other-sentinels": len(ports) - 1}
     view: dict[str, str] = {}
     while time.monotonic() < end:
-        views = [_sentinel_master(p) for p in ports]
+        views = [sentinel_master(p) for p in ports]
         if all(all(int(v.get(k, 0)) >= n for k, n in want.items()) for v in views) and _replica_in_sync(ports[0]):
             return
         view = views[0]
@@ -171,7 +171,7 @@ def _replica_in_sync(sentinel_port: int) -> bool:
     return fields.get("flags") == "slave" and fields.get("master-link-status") == "ok"
 
 
-def _sentinel_master(port: int) -> dict[str, str]:
+def sentinel_master(port: int) -> dict[str, str]:
     """``SENTINEL MASTER`` (ip, port, flags, num-slaves, ...)."""
     out = _redis_cli(port, "SENTINEL", "MASTER", SENTINEL_MASTER)
     return dict(zip(out[0::2], out[1::2]))
