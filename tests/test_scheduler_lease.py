@@ -105,3 +105,21 @@ async def test_election_fails_over_within_ttl(store):
     assert took <= ttl + 3 * renew + 0.5, took
     lost = await asyncio.wait_for(a.hold(), 2.0)  # A comes back believing it leads: it learns it does not
     assert "sched-b" in lost
+
+
+async def test_a_leader_cut_off_from_redis_steps_down(tmp_path):
+    """No renewal for a whole TTL (Redis gone): hold() returns, the leader stops leading."""
+    port = free_port()
+    proc = start_redis(tmp_path, port)
+    try:
+        wait_port(port, 30, proc)
+        s = await Store.connect(f"redis://127.0.0.1:{port}/0")
+        election = Election(Lease(s, "sched-a", 1.0), 1.0, 0.2)
+        await election.campaign()
+        stop_all([proc])
+        t = time.monotonic()
+        reason = await asyncio.wait_for(election.hold(), 10.0)
+        assert "not renewed" in reason and time.monotonic() - t < 1.0 + 3 * 0.25 + 0.5, reason
+        await s.close()
+    finally:
+        stop_all([proc])
