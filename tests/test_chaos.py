@@ -51,4 +51,6 @@ def test_chaos_nothing_lost_duplicated_or_changed(chaos_setup, scenario):
         # the victim itself before the fault took hold (never re-run from scratch elsewhere).
         must_resume = set(fault["held_with_checkpoint"]) - set(fault["held_finished_by_victim"])
         assert must_resume <= set(fault["resumed_from_checkpoint"]), fault
-        assert all(b >= 1 for b in fault["resumed_from_checkpoint"].values()), fault
+        # ... from a committed block. A request still in its first block when a graceful stop checkpoints
+        # everything held (stop-worker) resumes from block 0: nothing of it was committed, nothing is lost.
+        assert all(b >= 1 for rid, b in fault["resumed_from_checkpoint"].items() if rid in must_resume), fault
