@@ -18,6 +18,21 @@ from services.common.processes import (
 NUM_WORKERS = 2
 
 
+@pytest.fixture(scope="module")
+def random_model():
+    """A tiny LLaDA model with random weights (GQA: 4 heads over 2 K/V heads), for engine tests."""
+    import torch
+
+    from services.worker.model import LLaDAConfig, LLaDAModelLM
+
+    torch.manual_seed(0)
+    cfg = LLaDAConfig(
+        d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=96, vocab_size=64, embedding_size=64,
+        max_sequence_length=96, mask_token_id=1, eos_token_id=0, pad_token_id=0,
+    )
+    return LLaDAModelLM(cfg).eval()
+
+
 def _stop(proc: Proc, grace_s: float = 10.0) -> None:
     """Stop one process by its PID: SIGTERM, then SIGKILL."""
     if proc.popen.poll() is not None:

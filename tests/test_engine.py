@@ -9,18 +9,8 @@ import torch
 
 from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
 from services.worker.engine.decoding import fixed_schedule_count, select_commits
-from services.worker.model import LLaDAConfig, LLaDAModelLM, Segment, load_tokenizer
+from services.worker.model import Segment, load_tokenizer
 from lab.tasks import check_answer, make_problems
-
-
-@pytest.fixture(scope="module")
-def random_model() -> LLaDAModelLM:
-    torch.manual_seed(0)
-    cfg = LLaDAConfig(
-        d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=96, vocab_size=64, embedding_size=64,
-        max_sequence_length=96, mask_token_id=1, eos_token_id=0, pad_token_id=0,
-    )
-    return LLaDAModelLM(cfg).eval()
 
 
 def test_segment_shapes_match_full_forward(random_model):

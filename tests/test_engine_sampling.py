@@ -11,18 +11,7 @@ import torch
 
 from services.worker.engine import DenoisingEngine, new_state, rewind_to_block_start, run_to_completion
 from services.worker.engine.decoding import candidate_tokens, sample_tokens, step_uniforms
-from services.worker.model import LLaDAConfig, LLaDAModelLM
 from shared.schemas.engine import DecodeState
-
-
-@pytest.fixture(scope="module")
-def random_model() -> LLaDAModelLM:
-    torch.manual_seed(0)
-    cfg = LLaDAConfig(
-        d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=96, vocab_size=64, embedding_size=64,
-        max_sequence_length=96, mask_token_id=1, eos_token_id=0, pad_token_id=0,
-    )
-    return LLaDAModelLM(cfg).eval()
 
 
 def _mixed_states(seed: int, n: int) -> list[DecodeState]:
