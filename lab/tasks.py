@@ -15,9 +15,9 @@ learns far more easily than aligning variable-length numbers by their last digit
 - sort: sort a list of digits.
 - rev: reverse a string of letters (up to 24 letters).
 
-Long tasks (answers of 24-62 characters: two to four blocks of 16 in the default canvas of 64). In cum
+Long tasks (answers of 24-48 characters: two to three blocks of 16 in the default canvas of 64). In cum
 the answer tokens depend on one another, so committing many at once can go wrong; in rep they do not:
-- cum: a running sum mod 10 written out step by step, each digit of 12-31 followed by the sum so far
+- cum: a running sum mod 10 written out step by step, each digit of 12-24 followed by the sum so far
   (`cum:3 1 4 1=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
   easy once its left neighbours are committed, a sum over a growing span when they are not. The copied
   digits can all be committed at once; the sums are a chain. The prompt's digits are space-separated so
@@ -25,6 +25,10 @@ the answer tokens depend on one another, so committing many at once can go wrong
   positions a constant offset is what a small model aligns easily (as in rep); a packed prompt
   (`cum:3141=`) puts them at an offset that grows with i, which a 2.7 M model had not learned after
   2250 fine-tuning steps (docs/engine.md).
+- walk: three swaps of an arrangement of three things (`l`, `r`: swap the first two / last two, `s`: the
+  ends), each move followed by the arrangement's number (0-5) after it (`walk:l r=` → `l2r3`). Like cum
+  a chain, but the moves do not commute: a state two moves on is a composition, not a sum of counts,
+  which a small fixed-depth model cannot shortcut as easily.
 - rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
   letter is independent of the others; the easy, parallel part of the mix.
 """
@@ -32,6 +36,7 @@ the answer tokens depend on one another, so committing many at once can go wrong
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import string
 from dataclasses import dataclass
@@ -39,11 +44,11 @@ from typing import Callable, Literal
 
 Split = Literal["train", "eval"]
 SHORT_TASKS = ("add", "sub", "mul", "sort", "rev")
-LONG_TASKS = ("cum", "rep")
+LONG_TASKS = ("cum", "rep", "walk")
 TASKS = SHORT_TASKS + LONG_TASKS
-EVAL_TASKS = LONG_TASKS  # what `dilaserve eval` measures by default: answers that span several blocks
+EVAL_TASKS = ("cum", "rep")  # what `dilaserve eval` measures by default: answers that span several blocks
 EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
-MAX_ANSWER_CHARS = 62
+MAX_ANSWER_CHARS = 48
 MAX_REV_CHARS = 24
 MAX_REPEATED_DRAWS = 20_000
 
@@ -87,7 +92,7 @@ def _rev(rng: random.Random) -> tuple[str, str]:
 
 
 def _cum(rng: random.Random) -> tuple[str, str]:
-    digits = [rng.randint(0, 9) for _ in range(rng.randint(12, 31))]
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(12, 24))]
     out, total = [], 0
     for d in digits:
         total = (total + d) % 10
@@ -102,6 +107,19 @@ def _rep(rng: random.Random) -> tuple[str, str]:
     return f"rep:{old}>{new}:{letters}=", letters.replace(old, new)
 
 
+WALK_MOVES = {"l": (1, 0, 2), "r": (0, 2, 1), "s": (2, 1, 0)}  # swap first two / last two / the ends
+WALK_STATES = sorted(itertools.permutations(range(3)))
+
+
+def _walk(rng: random.Random) -> tuple[str, str]:
+    moves = [rng.choice("lrs") for _ in range(rng.randint(12, 24))]
+    state, out = (0, 1, 2), []
+    for m in moves:
+        state = tuple(state[i] for i in WALK_MOVES[m])
+        out.append(f"{m}{WALK_STATES.index(state)}")
+    return f"walk:{' '.join(moves)}=", "".join(out)
+
+
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "add": _add,
     "sub": _sub,
@@ -110,6 +128,7 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "rev": _rev,
     "cum": _cum,
     "rep": _rep,
+    "walk": _walk,
 }
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
-from lab.tasks import EVAL_TASKS, MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
+from lab.tasks import GENERATORS, EVAL_TASKS, MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
 
 
 def test_same_seed_same_problems_and_different_seeds_differ():
@@ -56,11 +57,30 @@ def _long_answer(task: str, body: str) -> str:
     return "".join(new if c == old else c for c in letters)
 
 
+def _walk_answer(moves: list[str]) -> str:
+    """walk computed on the arrangement itself: numbered by its rank among the six orders of "abc"."""
+    orders = sorted("".join(o) for o in itertools.permutations("abc"))
+    cur, out = list("abc"), []
+    for m in moves:
+        i, j = {"l": (0, 1), "r": (1, 2), "s": (0, 2)}[m]
+        cur[i], cur[j] = cur[j], cur[i]
+        out.append(f"{m}{orders.index(''.join(cur))}")
+    return "".join(out)
+
+
+def test_walk_does_not_commute():
+    """Two moves in the other order end elsewhere: a state is a composition, not a count of moves."""
+    assert _walk_answer(["l", "r"])[-1] != _walk_answer(["r", "l"])[-1]
+    assert GENERATORS["walk"](random.Random(0))[1] == _walk_answer(GENERATORS["walk"](random.Random(0))[0][5:-1].split())
+
+
 def test_answers_are_exact():
     for p in make_problems(400, seed=1, tasks=TASKS):
         body = p.prompt[:-1]
         if p.task in ("cum", "rep"):
             assert p.answer == _long_answer(p.task, body)
+        elif p.task == "walk":
+            assert p.answer == _walk_answer(body.split(":")[1].split())
         elif p.task in ("add", "sub", "mul"):
             op = {"add": "+", "sub": "-", "mul": "*"}[p.task]
             a, b = (int(x) for x in body.split(op))
