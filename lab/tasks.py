@@ -16,7 +16,8 @@ learns far more easily than aligning variable-length numbers by their last digit
 - rev: reverse a string of letters (up to 24 letters).
 
 Long tasks (answers of 24-48 characters: two to three blocks of 16 in the default canvas of 64). In cum
-the answer tokens depend on one another, so committing many at once can go wrong; in rep they do not:
+and walk the answer tokens depend on one another, so committing many at once can go wrong; in rep
+they do not:
 - cum: a running sum mod 10 written out step by step, each digit of 12-24 followed by the sum so far
   (`cum:3 1 4 1=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
   easy once its left neighbours are committed, a sum over a growing span when they are not. The copied
@@ -25,10 +26,11 @@ the answer tokens depend on one another, so committing many at once can go wrong
   positions a constant offset is what a small model aligns easily (as in rep); a packed prompt
   (`cum:3141=`) puts them at an offset that grows with i, which a 2.7 M model had not learned after
   2250 fine-tuning steps (docs/engine.md).
-- walk: three swaps of an arrangement of three things (`l`, `r`: swap the first two / last two, `s`: the
+- walk: 12-24 moves on an arrangement of three things (`l`, `r`: swap the first two / last two, `s`: the
   ends), each move followed by the arrangement's number (0-5) after it (`walk:l r=` → `l2r3`). Like cum
-  a chain, but the moves do not commute: a state two moves on is a composition, not a sum of counts,
-  which a small fixed-depth model cannot shortcut as easily.
+  a chain, but the moves do not commute: a state two moves on is a composition, not a sum of counts.
+  Meant to be harder to compute in parallel than cum; the 2.7 M candidate still commits it about a
+  block of 16 in two steps (docs/engine.md).
 - rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
   letter is independent of the others; the easy, parallel part of the mix.
 """
