@@ -31,6 +31,14 @@ they do not:
   a chain, but the moves do not commute: a state two moves on is a composition, not a sum of counts.
   Meant to be harder to compute in parallel than cum; the 2.7 M candidate still commits it about a
   block of 16 in two steps (docs/engine.md).
+- path: a walk whose prompt leaves some moves open (`?`) and names the arrangement it must end at
+  (`path:l ? ?>5=` → `l2l0s5`, and `l2r3l5` is as good): the answer writes every move and the number
+  after it. Any choice of an open move is right except that the last move (always open) must reach the
+  goal. Open moves follow a preference that depends on the arrangement before them (at most 0.8 for
+  one move), so a model that has learned the task is unsure of an open move by design, and a state
+  two open moves on is a guess until the moves before it are committed: committed one by one the
+  answer is consistent, committed all at once it often is not. Checked by `check_path`, not by string
+  equality: every written number must be the true arrangement and the last the goal.
 - rep: copy 24-48 letters replacing every x by y (`rep:a>e:banana=` → `benene`): every output
   letter is independent of the others; the easy, parallel part of the mix.
 """
@@ -46,7 +54,7 @@ from typing import Callable, Literal
 
 Split = Literal["train", "eval"]
 SHORT_TASKS = ("add", "sub", "mul", "sort", "rev")
-LONG_TASKS = ("cum", "rep", "walk")
+LONG_TASKS = ("cum", "rep", "walk", "path")
 TASKS = SHORT_TASKS + LONG_TASKS
 EVAL_TASKS = ("cum", "rep")  # what `dilaserve eval` measures by default: answers that span several blocks
 EVAL_BUCKETS = 10  # 1 in 10 prompts is reserved for evaluation
@@ -113,13 +121,51 @@ WALK_MOVES = {"l": (1, 0, 2), "r": (0, 2, 1), "s": (2, 1, 0)}  # swap first two 
 WALK_STATES = sorted(itertools.permutations(range(3)))
 
 
+def _walk_step(state: tuple[int, ...], move: str) -> tuple[int, ...]:
+    return tuple(state[i] for i in WALK_MOVES[move])
+
+
 def _walk(rng: random.Random) -> tuple[str, str]:
     moves = [rng.choice("lrs") for _ in range(rng.randint(12, 24))]
     state, out = (0, 1, 2), []
     for m in moves:
-        state = tuple(state[i] for i in WALK_MOVES[m])
+        state = _walk_step(state, m)
         out.append(f"{m}{WALK_STATES.index(state)}")
     return f"walk:{' '.join(moves)}=", "".join(out)
+
+
+# Preferred open moves per arrangement: a weight for each of "lrs" (sum 1, largest ≤ 0.8).
+PATH_PREFS = ((0.80, 0.15, 0.05), (0.10, 0.70, 0.20), (0.30, 0.10, 0.60),
+              (0.55, 0.35, 0.10), (0.15, 0.75, 0.10), (0.10, 0.25, 0.65))
+
+
+def _path(rng: random.Random) -> tuple[str, str]:
+    n, open_p = rng.randint(12, 24), rng.uniform(0.3, 0.9)
+    state, shown, out = (0, 1, 2), [], []
+    for k in range(n):
+        m = rng.choices("lrs", weights=PATH_PREFS[WALK_STATES.index(state)])[0]
+        state = _walk_step(state, m)
+        shown.append("?" if k == n - 1 or rng.random() < open_p else m)
+        out.append(f"{m}{WALK_STATES.index(state)}")
+    return f"path:{' '.join(shown)}>{WALK_STATES.index(state)}=", "".join(out)
+
+
+def check_path(prompt: str, output_text: str) -> bool:
+    """A path answer is right when it takes the prompt's fixed moves, fills the open ones with any move,
+    writes the true arrangement after each move and ends at the goal."""
+    body, _, goal = prompt[len("path:"):-1].rpartition(">")
+    shown, text = body.split(), output_text.strip()
+    if len(text) != 2 * len(shown):
+        return False
+    state = (0, 1, 2)
+    for k, want in enumerate(shown):
+        move, number = text[2 * k], text[2 * k + 1]
+        if move not in WALK_MOVES or want not in ("?", move):
+            return False
+        state = _walk_step(state, move)
+        if number != str(WALK_STATES.index(state)):
+            return False
+    return str(WALK_STATES.index(state)) == goal
 
 
 GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
@@ -131,6 +177,7 @@ GENERATORS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "cum": _cum,
     "rep": _rep,
     "walk": _walk,
+    "path": _path,
 }
 
 
@@ -201,5 +248,7 @@ def make_problems(n: int, seed: int, split: Split = "eval", tasks: tuple[str, ..
 
 
 def check_answer(problem: Problem, output_text: str) -> bool:
-    """Exact match after stripping surrounding whitespace."""
+    """Exact match after stripping surrounding whitespace; path answers by `check_path` (many are right)."""
+    if problem.task == "path":
+        return check_path(problem.prompt, output_text)
     return output_text.strip() == problem.answer

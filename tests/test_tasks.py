@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lab.tasks import GENERATORS, EVAL_TASKS, MAX_ANSWER_CHARS, TASKS, check_answer, make_problems, sample_problem, split_of
+from lab.tasks import GENERATORS, EVAL_TASKS, MAX_ANSWER_CHARS, TASKS, Problem, check_answer, make_problems, sample_problem, split_of
 
 
 def test_same_seed_same_problems_and_different_seeds_differ():
@@ -81,6 +81,11 @@ def test_answers_are_exact():
             assert p.answer == _long_answer(p.task, body)
         elif p.task == "walk":
             assert p.answer == _walk_answer(body.split(":")[1].split())
+        elif p.task == "path":
+            shown, goal = body.split(":")[1].split(">")
+            moves = p.answer[::2]
+            assert p.answer == _walk_answer(list(moves)) and p.answer[-1] == goal
+            assert all(s in ("?", m) for s, m in zip(shown.split(), moves)) and shown.endswith("?")
         elif p.task in ("add", "sub", "mul"):
             op = {"add": "+", "sub": "-", "mul": "*"}[p.task]
             a, b = (int(x) for x in body.split(op))
@@ -116,3 +121,19 @@ def test_cum_chains_its_answer_tokens():
         assert all(prompt[4 + 2 * i] == d for i, d in enumerate(digits))
         sums = [int(c) for c in ans[1::2]]
         assert all(sums[i] == (sums[i - 1] + int(digits[i])) % 10 for i in range(1, len(sums)))
+
+
+def test_path_accepts_every_consistent_answer_and_nothing_else():
+    """Open moves may be anything; the numbers must be the true arrangements and the last the goal."""
+    prompt = "path:l ? ?>5="
+    right = [a for a in ("".join(ms) for ms in itertools.product("lrs", repeat=3))
+             if a[0] == "l" and _walk_answer(list(a))[-1] == "5"]
+    assert len(right) == 3  # l then any middle move, then the one last move that reaches 5
+    problem = Problem("path", prompt, _walk_answer(list(right[0])))
+    for moves in right:
+        assert check_answer(problem, _walk_answer(list(moves)))
+    assert not check_answer(problem, _walk_answer(list("rls")))  # the first move is fixed to l
+    assert not check_answer(problem, "l2l0s4")  # a wrong number
+    assert not check_answer(problem, _walk_answer(list("lll")))  # does not end at the goal
+    assert not check_answer(problem, "l2l0") and not check_answer(problem, "l2l0s5s2")
+    assert not check_answer(problem, "l2x0s5")
