@@ -22,7 +22,8 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 from services.worker.model.configuration_dream import DreamConfig
 from services.worker.model.modeling_llada import RMSNorm
-from services.worker.model.segments import KVCache, Segment, apply_rotary, rotary_tables, run_segments
+from services.worker.model.kv_arena import model_arena
+from services.worker.model.segments import Segment, apply_rotary, rotary_tables, run_segments
 
 __all__ = ["DreamConfig", "DreamModel"]
 
@@ -136,8 +137,9 @@ class DreamModel(PreTrainedModel):
     def forward_segments(self, segments: list[Segment]) -> list[torch.Tensor]:
         """One heterogeneous step; per segment the logits for its ``logit_rows``, shifted Dream's way."""
         inner = [_shifted(s) for s in segments]
-        m = self.model
-        logits = run_segments(inner, m.embed_tokens, m.layers, self._head, self.config.head_dim, self.config.rope_theta)
+        m, c = self.model, self.config
+        arena = model_arena(self, c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+        logits = run_segments(inner, m.embed_tokens, m.layers, self._head, c.head_dim, c.rope_theta, arena)
         for seg, run in zip(segments, inner):
             seg.new_cache = run.new_cache
         return logits
@@ -159,5 +161,5 @@ def _shifted(seg: Segment) -> Segment:
     tokens = torch.cat([cache.token_ids.index_select(0, before), seg.token_ids])
     positions = torch.cat([before, seg.positions])
     if seg.kind == "prefix":
-        cache = KVCache(cache.keys[:, :, :-1], cache.values[:, :, :-1], cache.token_ids[:-1])
+        cache = cache.head(cache.length - 1)
     return Segment(seg.kind, tokens, positions, seg.logit_rows, cache=cache)

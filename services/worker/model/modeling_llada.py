@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from services.worker.model.configuration_llada import LLaDAConfig
+from services.worker.model.kv_arena import model_arena
 from services.worker.model.segments import KVCache, Segment, apply_rotary, rotary_tables, run_segments
 
 __all__ = ["LLaDAConfig", "LLaDAModelLM", "KVCache", "Segment", "RMSNorm"]
@@ -141,5 +142,6 @@ class LLaDAModelLM(PreTrainedModel):
     @torch.inference_mode()
     def forward_segments(self, segments: list[Segment]) -> list[torch.Tensor]:
         """Run one heterogeneous step. Returns per segment the logits [len(logit_rows), vocab]."""
-        t = self.model.transformer
-        return run_segments(segments, t.wte, self.blocks, self._head, self.config.head_dim, self.config.rope_theta)
+        t, c = self.model.transformer, self.config
+        arena = model_arena(self, c.n_layers, c.n_kv_heads, c.head_dim)
+        return run_segments(segments, t.wte, self.blocks, self._head, c.head_dim, c.rope_theta, arena)
