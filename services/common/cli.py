@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lab.train", "train the shipped tiny diffusion LM (CPU, resumable)"),
     "eval": ("lab.evaluate", "accuracy and speed of each decoding configuration"),
     "bench-engine": ("lab.bench_engine", "threshold decoding + caches vs the fixed-schedule baseline"),
+    "bench-step": ("lab.bench_step", "one serving step: packed attention against a per-segment loop"),
     "profile": ("lab.profiling", "step latency against tokens executed (cost-model input)"),
     "bench": ("tooling.loadgen", "open-loop load generator against a running gateway"),
     "simulate": ("shared.sim.cli", "trace-driven discrete-event simulation of the scheduling policies"),
