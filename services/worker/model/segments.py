@@ -170,14 +170,11 @@ class _Placed:
 
     index: int
     seg: Segment
+    n: int  # tokens
     lease: SlotLease
     key_len: int
     q_len: int
     ranged: bool  # dual: attend over the bucket's slots in place; else over the group's slots gathered
-
-    @property
-    def n(self) -> int:
-        return int(self.seg.token_ids.numel())
 
     def order(self) -> tuple[int, bool, int]:
         return self.lease.bucket.length, self.ranged, self.q_len
@@ -325,14 +322,14 @@ def _place(index: int, seg: Segment, arena: KVArena) -> _Placed:
         if not 0 <= seg.keep_cache <= n:
             raise ValueError(f"keep_cache {seg.keep_cache} outside [0, {n}]")
         lease = arena.lease(n)
-        return _Placed(index, seg, lease, n, lease.bucket.length, ranged=False)
+        return _Placed(index, seg, n, lease, n, lease.bucket.length, ranged=False)
     cache = seg.cache
     if cache is None:
         raise ValueError(f"a {seg.kind} segment needs a cache")
     key_len = cache.length if seg.kind == "dual" else cache.length + n
     if seg.kind == "dual" and n > key_len:
         raise ValueError(f"dual segment of {n} tokens against a cache of {key_len} positions")
-    return _Placed(index, seg, _slot_of(cache, key_len, arena), key_len, length_bucket(n), ranged=seg.kind == "dual")
+    return _Placed(index, seg, n, _slot_of(cache, key_len, arena), key_len, length_bucket(n), ranged=seg.kind == "dual")
 
 
 def _slot_of(cache: KVCache, key_len: int, arena: KVArena) -> SlotLease:
