@@ -67,11 +67,6 @@ class ArenaBucket:
     def in_use(self) -> int:
         return len(self._used)
 
-    @property
-    def range_end(self) -> int:
-        """One past the highest slot in use: ``keys[:, :range_end]`` covers every live slot."""
-        return max(self._used) + 1 if self._used else 0
-
     def _grow(self) -> None:
         new_cap = max(4, 2 * self.capacity)
         keys, values = self._empty(new_cap), self._empty(new_cap)

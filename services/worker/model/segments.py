@@ -2,18 +2,19 @@
 
 Each segment is one request's slice of a denoising step (full refresh, dual-cache block, or
 prefix-cache block-to-end). Linear layers run on all segments' tokens packed together. Attention runs
-packed too, a constant number of calls per layer whatever the batch: every segment's K/V live in a slot
-of the model's arena (kv_arena.py), one slot per request, padded to its length bucket; segments are
-grouped by (key bucket, query bucket) and each group is one scaled-dot-product call with a key-length
-mask. A segment's padded shapes follow from its own lengths only and batched attention computes each
-batch row on its own, so a request's attention output does not depend on what else is in the batch.
+packed too, in a number of calls per layer bounded by model constants, not by the batch: every
+segment's K/V live in a slot of the model's arena (kv_arena.py), one slot per request, padded to the
+bucket of its own length; segments are grouped by (key bucket, kind, query bucket) and each group is
+one scaled-dot-product call with a key-length mask. A segment's padded shapes follow from its own
+lengths only and batched attention computes each batch row on its own, so a request's attention
+output does not depend on what else is in the batch.
 
 Per layer: one ``index_put_`` per bucket writes the fresh K/V of all its segments into their slots (a
 refresh fills its new slot; a dual step overwrites its block's positions; a prefix step writes block →
-end after the cached prefix). Then per group: queries scattered into a padded buffer with one op, keys
-read from the arena (dual: the bucket's slots in use as they lie, a view, no copy; full and prefix:
-the group's slots gathered, one copy, as large as today's own K/V), one attention call, outputs
-gathered back with one op. Nothing is read back to the host.
+end after the cached prefix). Then per group: queries scattered into a padded buffer with one op; keys
+read from the arena (dual: the bucket's slots from the group's lowest to its highest, a view, no copy;
+full and prefix: the group's slots gathered, one copy); one attention call; outputs gathered back with
+one op. Nothing is read back to the host.
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ class _Group:
     t1: int
     q_index: torch.Tensor
     mask: torch.Tensor  # [rows, 1, 1, Sb] additive: 0 for a row's keys, -inf past them
-    slots: torch.Tensor | None  # None: rows are the bucket's slots [0, rows) in place
+    slots: torch.Tensor | None  # None: rows are the bucket's slots [first, first + rows) in place
+    first: int = 0
 
 
 @dataclass
@@ -260,7 +262,7 @@ def _attention(plan: _Plan, layer: int, q: torch.Tensor, k: torch.Tensor, v: tor
         qbuf.index_copy_(0, g.q_index, q[g.t0 : g.t1])
         keys, values = g.bucket.keys[layer], g.bucket.values[layer]  # [capacity, Sb, Hkv, D]
         if g.slots is None:
-            keys, values = keys[: g.rows], values[: g.rows]
+            keys, values = keys[g.first : g.first + g.rows], values[g.first : g.first + g.rows]
         else:
             keys, values = keys.index_select(0, g.slots), values.index_select(0, g.slots)
         o = F.scaled_dot_product_attention(
@@ -353,12 +355,14 @@ def _slot_of(cache: KVCache, key_len: int, arena: KVArena) -> SlotLease:
 def _group(members: list[_Placed], t0: int, t1: int, arena: KVArena) -> _Group:
     bucket, q_len = members[0].lease.bucket, members[0].q_len
     if members[0].ranged:
-        rows = bucket.range_end
-        row_of = [p.lease.slot for p in members]
+        member_slots = [p.lease.slot for p in members]
+        first = min(member_slots)
+        rows = max(member_slots) + 1 - first
+        row_of = [s - first for s in member_slots]
         lengths = [bucket.length] * rows  # rows of slots not in the group: any finite keys, output unused
         slots = None
     else:
-        rows = len(members)
+        first, rows = 0, len(members)
         row_of = list(range(rows))
         lengths = [0] * rows
         slots = _ids([p.lease.slot for p in members], arena)
@@ -369,7 +373,7 @@ def _group(members: list[_Placed], t0: int, t1: int, arena: KVArena) -> _Group:
     key_pos = torch.arange(bucket.length, device=arena.device)
     valid = key_pos[None, :] < _ids(lengths, arena)[:, None]
     mask = torch.zeros(rows, bucket.length, dtype=arena.dtype, device=arena.device).masked_fill_(~valid, float("-inf"))
-    return _Group(bucket, q_len, rows, t0, t1, _ids(q_index, arena), mask[:, None, None, :], slots)
+    return _Group(bucket, q_len, rows, t0, t1, _ids(q_index, arena), mask[:, None, None, :], slots, first)
 
 
 def _finish(plan: _Plan) -> None:
