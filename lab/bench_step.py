@@ -114,12 +114,15 @@ class Workload:
         self.new_caches: dict[int, KVCache] = {}
         reusing = range(1, batch, 2)
         refresh_old = [self._refresh(i) for i in reusing]
-        refresh_new = [self._refresh(i) for i in reusing]
         loop_forward(model, refresh_old)
-        model.forward_segments(refresh_new)
-        for i, so, sn in zip(reusing, refresh_old, refresh_new):
+        for i, so in zip(reusing, refresh_old):
             self.old_caches[i] = KVCache(so.new_cache.keys.contiguous(), so.new_cache.values.contiguous(), so.new_cache.token_ids)
-            self.new_caches[i] = sn.new_cache
+        # every request refreshed once in order, the refreshing ones' caches dropped: their slots lie between
+        # the reusing ones', as in serving, where requests start blocks at different steps
+        refresh_new = [self._refresh(i) for i in range(batch)]
+        model.forward_segments(refresh_new)
+        for i in reusing:
+            self.new_caches[i] = refresh_new[i].new_cache
 
     def _keep(self, i: int) -> int:
         return len(self.seqs[i]) if self.reuse == "dual" else self.starts[i]

@@ -12,8 +12,9 @@ output does not depend on what else is in the batch.
 Per layer: one ``index_put_`` per bucket writes the fresh K/V of all its segments into their slots (a
 refresh fills its new slot; a dual step overwrites its block's positions; a prefix step writes block →
 end after the cached prefix). Then per group: queries scattered into a padded buffer with one op; keys
-read from the arena (dual: the bucket's slots from the group's lowest to its highest, a view, no copy;
-full and prefix: the group's slots gathered, one copy); one attention call; outputs gathered back with
+read from the arena (dual: the bucket's slots from the group's lowest to its highest, a view, no copy,
+where the group fills most of that span; otherwise and for full and prefix: the group's slots
+gathered, one copy); one attention call; outputs gathered back with
 one op. Nothing is read back to the host.
 """
 
@@ -175,10 +176,10 @@ class _Placed:
     lease: SlotLease
     key_len: int
     q_len: int
-    ranged: bool  # dual: attend over the bucket's slots in place; else over the group's slots gathered
+    in_place: bool  # dual: may attend over the bucket's slot span as it lies (see _group)
 
     def order(self) -> tuple[int, bool, int]:
-        return self.lease.bucket.length, self.ranged, self.q_len
+        return self.lease.bucket.length, self.in_place, self.q_len
 
 
 @dataclass
@@ -307,7 +308,7 @@ def _plan(segments: Sequence[Segment], arena: KVArena) -> _Plan:
         slots = [p.lease.slot for p in run for _ in range(p.n)]
         # (slot, position) pairs: a position past the slot's length raises instead of writing into a neighbour
         writes.append(_Write(run[0].lease.bucket, t, t + n, (_ids(slots, arena), positions[t : t + n])))
-        for grp in _runs(run, lambda p: (p.ranged, p.q_len)):
+        for grp in _runs(run, lambda p: (p.in_place, p.q_len)):
             m = sum(p.n for p in grp)
             groups.append(_group(grp, t, t + m, arena))
             t += m
@@ -324,14 +325,14 @@ def _place(index: int, seg: Segment, arena: KVArena) -> _Placed:
         if not 0 <= seg.keep_cache <= n:
             raise ValueError(f"keep_cache {seg.keep_cache} outside [0, {n}]")
         lease = arena.lease(n)
-        return _Placed(index, seg, n, lease, n, lease.bucket.length, ranged=False)
+        return _Placed(index, seg, n, lease, n, lease.bucket.length, in_place=False)
     cache = seg.cache
     if cache is None:
         raise ValueError(f"a {seg.kind} segment needs a cache")
     key_len = cache.length if seg.kind == "dual" else cache.length + n
     if seg.kind == "dual" and n > key_len:
         raise ValueError(f"dual segment of {n} tokens against a cache of {key_len} positions")
-    return _Placed(index, seg, n, _slot_of(cache, key_len, arena), key_len, length_bucket(n), ranged=seg.kind == "dual")
+    return _Placed(index, seg, n, _slot_of(cache, key_len, arena), key_len, length_bucket(n), in_place=seg.kind == "dual")
 
 
 def _slot_of(cache: KVCache, key_len: int, arena: KVArena) -> SlotLease:
@@ -352,12 +353,18 @@ def _slot_of(cache: KVCache, key_len: int, arena: KVArena) -> SlotLease:
     return lease
 
 
+# A dual group attends over its slot span in place when members fill at least this share of it; a
+# sparser span costs more in dropped rows than gathering the members' slots (measured on CPU).
+IN_PLACE_MIN_DENSITY = 2 / 3
+
+
 def _group(members: list[_Placed], t0: int, t1: int, arena: KVArena) -> _Group:
     bucket, q_len = members[0].lease.bucket, members[0].q_len
-    if members[0].ranged:
-        member_slots = [p.lease.slot for p in members]
-        first = min(member_slots)
-        rows = max(member_slots) + 1 - first
+    member_slots = [p.lease.slot for p in members]
+    first = min(member_slots)
+    span = max(member_slots) + 1 - first
+    if members[0].in_place and len(members) >= IN_PLACE_MIN_DENSITY * span:
+        rows = span
         row_of = [s - first for s in member_slots]
         lengths = [bucket.length] * rows  # rows of slots not in the group: any finite keys, output unused
         slots = None
@@ -365,7 +372,7 @@ def _group(members: list[_Placed], t0: int, t1: int, arena: KVArena) -> _Group:
         first, rows = 0, len(members)
         row_of = list(range(rows))
         lengths = [0] * rows
-        slots = _ids([p.lease.slot for p in members], arena)
+        slots = _ids(member_slots, arena)
     q_index: list[int] = []
     for p, r in zip(members, row_of):
         lengths[r] = p.key_len
