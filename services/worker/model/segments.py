@@ -257,7 +257,7 @@ def _attention(plan: _Plan, layer: int, q: torch.Tensor, k: torch.Tensor, v: tor
         w.bucket.keys[layer].index_put_(w.index, k[w.t0 : w.t1])
         w.bucket.values[layer].index_put_(w.index, v[w.t0 : w.t1])
     gqa = k.shape[1] != n_heads
-    outs = []
+    out = q.new_empty(q.shape[0], n_heads * hd)  # groups hold consecutive packed rows: each fills its own
     for g in plan.groups:
         qbuf = _query_buffer(scratch, g.rows * g.q_len, q)
         qbuf.index_copy_(0, g.q_index, q[g.t0 : g.t1])
@@ -273,8 +273,8 @@ def _attention(plan: _Plan, layer: int, q: torch.Tensor, k: torch.Tensor, v: tor
             attn_mask=g.mask,
             enable_gqa=gqa,
         )  # [rows, H, q_len, D]
-        outs.append(o.transpose(1, 2).reshape(g.rows * g.q_len, n_heads * hd).index_select(0, g.q_index))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+        torch.index_select(o.transpose(1, 2).reshape(g.rows * g.q_len, n_heads * hd), 0, g.q_index, out=out[g.t0 : g.t1])
+    return out
 
 
 def _query_buffer(scratch: dict, rows: int, q: torch.Tensor) -> torch.Tensor:
