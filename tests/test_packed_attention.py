@@ -271,6 +271,30 @@ def test_slots_freed_when_caches_drop(model):
         gc.enable()
 
 
+def test_padding_left_by_an_earlier_request_is_cleared(model):
+    """Whatever a freed slot held (here NaN), its next request's padding is finite and masked out."""
+    ids = torch.randint(2, 64, (44,), generator=torch.Generator().manual_seed(9))
+    first = Segment("full", ids, torch.arange(44), torch.arange(1), keep_cache=44)
+    model.forward_segments([first])
+    bucket = first.new_cache.lease.bucket
+    first = None
+    with torch.inference_mode():
+        for slot in bucket._free:
+            bucket.keys[:, slot] = float("nan")
+            bucket.values[:, slot] = float("nan")
+    short = Segment("full", ids[:40], torch.arange(40), torch.arange(40), keep_cache=40)
+    got = model.forward_segments([short])[0]
+    assert short.new_cache.lease.bucket is bucket
+    assert torch.allclose(got, reference(model, short, None)[0], atol=1e-5)
+    snapshot = (short.new_cache.keys.clone(), short.new_cache.values.clone())
+    dual = Segment("dual", ids[8:16], torch.arange(8, 16), torch.arange(8), cache=short.new_cache)
+    assert torch.allclose(model.forward_segments([dual])[0], reference(model, dual, snapshot)[0], atol=1e-5)
+    adopted = random_cache(model, 42, torch.Generator().manual_seed(1))
+    kv = (adopted.keys.clone(), adopted.values.clone())
+    dual = Segment("dual", ids[8:16], torch.arange(8, 16), torch.arange(8), cache=adopted)
+    assert torch.allclose(model.forward_segments([dual])[0], reference(model, dual, kv)[0], atol=1e-5)
+
+
 def test_arena_growth_keeps_live_caches(model):
     segs = [Segment("full", torch.randint(2, 64, (20,)), torch.arange(20), torch.arange(1), keep_cache=20) for _ in range(3)]
     model.forward_segments(segs)

@@ -106,6 +106,8 @@ class KVCache:
         dst = lease.bucket
         dst.keys[:, lease.slot, : self._length].copy_(keys.transpose(1, 2))
         dst.values[:, lease.slot, : self._length].copy_(values.transpose(1, 2))
+        dst.keys[:, lease.slot, self._length :].zero_()  # padding: finite whatever was there before
+        dst.values[:, lease.slot, self._length :].zero_()
         self._keys = self._values = None
         self._lease = lease
 
@@ -308,11 +310,23 @@ def _plan(segments: Sequence[Segment], arena: KVArena) -> _Plan:
         slots = [p.lease.slot for p in run for _ in range(p.n)]
         # (slot, position) pairs: a position past the slot's length raises instead of writing into a neighbour
         writes.append(_Write(run[0].lease.bucket, t, t + n, (_ids(slots, arena), positions[t : t + n])))
+        _zero_padding(run, arena)
         for grp in _runs(run, lambda p: (p.in_place, p.q_len)):
             m = sum(p.n for p in grp)
             groups.append(_group(grp, t, t + m, arena))
             t += m
     return _Plan(placed, positions, writes, groups, temporary)
+
+
+def _zero_padding(run: list[_Placed], arena: KVArena) -> None:
+    """Zero the positions past a refresh's length in its new slot, one op per bucket: padding is read under
+    the -inf mask, so it must be finite whatever the slot's previous request left there."""
+    bucket = run[0].lease.bucket
+    pad = [(p.lease.slot, pos) for p in run if p.seg.kind == "full" for pos in range(p.n, bucket.length)]
+    if pad:
+        slots, pos = _ids([a for a, _ in pad], arena), _ids([b for _, b in pad], arena)
+        bucket.keys[:, slots, pos] = 0
+        bucket.values[:, slots, pos] = 0
 
 
 def _place(index: int, seg: Segment, arena: KVArena) -> _Placed:
