@@ -143,11 +143,17 @@ class WorkerConfig:
     model_dir: str = ""
     device: str = "cpu"
     cache_mode: str = "dual"
-    block_length: int = 8
+    block_length: int = 0  # 0 = the model's own (config.json block_length)
     max_batch: int = 32
     torch_threads: int = 1
     forward_nice: int = 5  # the forward thread runs this much "nicer" than the worker's I/O thread
     heartbeat_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.block_length <= 0:  # every service reads the same model's own block length
+            from shared.profiles import model_block_length
+
+            self.block_length = model_block_length(self.model_dir)
 
 
 @dataclass

@@ -20,11 +20,28 @@ log = logging.getLogger("dilaserve.profiles")
 # The shipped model, committed under models/ (the one place its path is spelled).
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "dilaserve-tiny"
 PROFILE_GLOB = "profile-*.json"
+DEFAULT_BLOCK_LENGTH = 32  # a model whose config names none (Dream's does not): Fast-dLLM's block size
 
 
 def model_dir(configured: str) -> Path:
     """``worker.model_dir``; "" = the shipped model."""
     return Path(configured) if configured else SHIPPED_MODEL_DIR
+
+
+def model_block_length(configured_dir: str) -> int:
+    """The model's config.json ``block_length`` (what it was trained with), else DEFAULT_BLOCK_LENGTH:
+    the block length every service uses unless worker.block_length sets one."""
+    path = model_dir(configured_dir) / "config.json"
+    try:
+        value = json.loads(path.read_text()).get("block_length")
+    except (OSError, ValueError, AttributeError) as e:  # the worker's own load names what is wrong
+        log.warning("cannot read block_length from %s (%s)", path, e)
+        value = None
+    if not isinstance(value, int) or value <= 0:
+        log.info("%s names no block_length: decoding in blocks of %d (set worker.block_length to change)",
+                 path, DEFAULT_BLOCK_LENGTH)
+        return DEFAULT_BLOCK_LENGTH
+    return value
 
 
 def profile_path(model_dir: Path, kind: str) -> Path:

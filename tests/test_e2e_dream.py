@@ -13,6 +13,7 @@ from private_cluster import PrivateCluster
 from services.worker.engine import DenoisingEngine, new_state, output_ids, run_to_completion
 from services.worker.model import load_model, load_tokenizer
 from services.worker.model.tiny_dream import save_tiny_dream
+from shared.profiles import model_block_length
 
 NAME = "tiny-dream"
 
@@ -49,7 +50,7 @@ def test_completion_is_the_engines_output(cluster, dream_dir):
     assert body["usage"]["prompt_tokens"] == len(ids)
     (tau,) = body["dlm"]["thresholds_used"]
     model = load_model(dream_dir)
-    state = new_state("x", ids, 16, model.config.mask_token_id, 8, threshold=tau)
+    state = new_state("x", ids, 16, model.config.mask_token_id, model_block_length(str(dream_dir)), threshold=tau)
     done = run_to_completion(DenoisingEngine(model, cache_mode="dual"), [state]).finished["x"]
     direct = tok.decode(output_ids(done, model.config.eos_token_id), skip_special_tokens=True)
     assert body["choices"][0]["text"] == direct
