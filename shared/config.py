@@ -44,7 +44,7 @@ class GatewayConfig:
     gateway_id: str = ""  # "" = "gateway-<pid>"
     model_dir: str = ""  # "" = the shipped model
     model_name: str = "dilaserve-tiny"
-    default_max_tokens: int = 32
+    default_max_tokens: int = 64
     request_timeout_s: float = 300.0
     backend_timeout_s: float = 5.0  # bound on each single Redis/NATS wait on the request path
     # Also send each submission over core NATS: the scheduler sees it ≈ 1 ms sooner than through

@@ -166,13 +166,14 @@ def test_ANSWERS_are_correct_with_the_shipped_model(cluster):
     from services.worker.model import load_model, load_tokenizer
 
     served = {}
-    answers = {"123+456=": "0579", "905-017=": "888", "sort:3142=": "1234"}
+    answers = {"123+456=": "0579", "905-017=": "888", "rev:abcdefghijkl=": "lkjihgfedcba"}
     for prompt in answers:
         r = _post(cluster, "/v1/completions", {"prompt": prompt, "max_tokens": 16})
         served[prompt] = r.json()["choices"][0]["text"]
     assert served == answers
     model, tok = load_model(default_model_dir()), load_tokenizer(default_model_dir())
-    states = [new_state(p, tok.encode(p, add_special_tokens=False), 16, model.config.mask_token_id, 8, threshold=0.9)
+    states = [new_state(p, tok.encode(p, add_special_tokens=False), 16, model.config.mask_token_id,
+                        model.config.block_length, threshold=0.9)
               for p in served]
     done = run_to_completion(DenoisingEngine(model, cache_mode="dual"), states).finished
     direct = {p: tok.decode(output_ids(done[p], model.config.eos_token_id)) for p in served}
