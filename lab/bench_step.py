@@ -3,8 +3,9 @@
 The baseline, ``loop_run_segments``, is the serving forward with attention run segment by segment in
 every layer (one SDPA call per segment and layer, caches as separate tensors); the new side is the
 model's ``forward_segments`` (services/worker/model/segments.py, K/V in the model's arena). Both run the
-same mixed batch: half refresh segments (full sequences of 40–62 tokens keeping a cache) and half reuse
-segments (a block of 8 against a cache of 40–62 tokens, dual or prefix). Old and new alternate step by
+same mixed batch: half refresh segments (full sequences of half to three quarters of the model's
+positions, keeping a cache) and half reuse segments (one block of the model's block length against a
+cache of such a sequence, dual or prefix). Old and new alternate step by
 step (the order flipped every pair) and the figure is the median of per-pair ratios new ÷ old, so load
 from other processes on the machine falls on both sides of a ratio alike.
 
@@ -104,12 +105,16 @@ class Workload:
     from the same refresh of the same tokens.
     """
 
-    def __init__(self, model: LLaDAModelLM, batch: int, reuse: str, seed: int, block: int = 8) -> None:
+    def __init__(self, model: LLaDAModelLM, batch: int, reuse: str, seed: int) -> None:
         rng = random.Random(seed)
-        vocab = int(model.config.vocab_size)
-        self.reuse, self.block = reuse, block
-        self.seqs = [torch.tensor([rng.randrange(2, vocab) for _ in range(rng.randint(40, 62))]) for _ in range(batch)]
-        self.starts = [len(s) - 2 * block for s in self.seqs]  # the block before the last one
+        c = model.config
+        vocab, positions = int(c.vocab_size), int(c.max_sequence_length)
+        self.reuse, self.block = reuse, int(c.block_length)
+        # prompt + canvas between half and three quarters of the model's positions (84-120 of 160 for
+        # the shipped model: its prompts of 20-55 tokens and a canvas of 64)
+        lengths = [rng.randint(positions // 2, positions * 3 // 4) for _ in range(batch)]
+        self.seqs = [torch.tensor([rng.randrange(2, vocab) for _ in range(n)]) for n in lengths]
+        self.starts = [len(s) - 2 * self.block for s in self.seqs]  # the block before the last one
         self.old_caches: dict[int, KVCache] = {}
         self.new_caches: dict[int, KVCache] = {}
         reusing = range(1, batch, 2)

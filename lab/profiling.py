@@ -26,7 +26,7 @@ import torch
 from services.worker.device import torch_device_kind
 from services.worker.engine.decoding import candidate_tokens
 from services.worker.model import LLaDAConfig, LLaDAModelLM, Segment, default_model_dir, load_model
-from shared.profiles import profile_path
+from shared.profiles import DEFAULT_BLOCK_LENGTH, profile_path
 
 
 def build_model(args: argparse.Namespace) -> tuple[LLaDAModelLM, str]:
@@ -94,8 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", choices=["model", "llada-8b"], default="model", help="profile the model dir, or LLaDA-8B's shape with random weights")
     p.add_argument("--json", default="", help="output (default: MODEL/profile-<device kind>.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seq-len", type=int, default=64, help="prompt + canvas tokens per request")
-    p.add_argument("--block-length", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=112, help="prompt + canvas tokens per request (the shipped model: "
+                   "prompts of 20-55 tokens and a canvas of 64)")
+    p.add_argument("--block-length", type=int, default=0, help="default: the model's config.json block_length")
     p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0)
@@ -115,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
     kind = torch_device_kind(args.device)
     out = output_path(args, kind)
     model, name = build_model(args)
+    if args.block_length <= 0:
+        args.block_length = int(getattr(model.config, "block_length", 0) or 0) or DEFAULT_BLOCK_LENGTH
     points = profile_points(model, args)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
     model_name = Path(args.model).resolve().name if args.shape == "model" else args.shape

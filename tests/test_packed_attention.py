@@ -329,3 +329,21 @@ def test_bad_segments_are_refused(model):
     full.new_cache.release()
     with pytest.raises(RuntimeError, match="released"):
         model.forward_segments([a])
+
+
+def test_bench_step_command_counts_calls_per_batch_size():
+    """`dilaserve bench-step` on the shipped model: the old loop's attention calls grow with the batch,
+    the packed step's do not; old and new give the same logits (the timing itself is a benchmark)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "services.common.cli", "bench-step", "--batch", "4", "--pairs", "1",
+                          "--warmup", "0", "--count-batches", "16,64"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    counts = r["per_step_counts"]
+    assert counts["64"]["old"]["attention_calls"] == 4 * counts["16"]["old"]["attention_calls"]
+    assert counts["64"]["new"]["attention_calls"] == counts["16"]["new"]["attention_calls"]
+    assert all(c[side]["host_syncs"] == 0 for c in counts.values() for side in ("old", "new"))
+    assert r["max_abs_logit_diff"] < 1e-3 and len(r["wall_ratios"]) == 1
