@@ -11,7 +11,7 @@ import pytest
 from tooling.chaos import BASE_SCENARIOS, make_prompts, reference_outputs, run_scenario, start_cluster, wait_cluster_ready
 
 NUM_REQUESTS = 8
-MAX_TOKENS = 32
+MAX_TOKENS = 64  # 4 blocks of 16: a window in which a worker holds requests with a committed block
 
 
 @pytest.fixture(scope="module")

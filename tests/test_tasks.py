@@ -103,7 +103,7 @@ def test_every_task_appears_and_long_ones_span_several_blocks():
     assert {p.task for p in problems} == set(TASKS)
     assert max(len(p.answer) for p in problems) <= MAX_ANSWER_CHARS
     long = make_problems(300, seed=5, tasks=EVAL_TASKS)  # the evaluation suite: long tasks only
-    assert {p.task for p in long} == set(EVAL_TASKS) == {"cum", "rep"}
+    assert {p.task for p in long} == set(EVAL_TASKS) == {"cum", "path"}
     assert min(len(p.answer) for p in long) >= 24  # at least 2 blocks of 16 hold content
     assert max(len(p.answer) for p in long) > 32  # and some 3
 

@@ -406,13 +406,16 @@ class SchedulerCore:
         supply = sum(self.params.lc_utilization * self.cost.throughput(i.view.config, i.budget)
                      for i in self.insts.values() if not i.view.draining)
         if self._shedding() and supply > 0:
-            shed = set(self.load_controller.shed(self._queued_items(now_s), supply, now_s, self.predictor,
-                                                 self.params.shed_threshold))
+            # in the controller's order, not a set's: a set of strings iterates in a per-process
+            # (hash-seeded) order, so a replay in another process would drop the same requests in another order
+            shed = list(dict.fromkeys(self.load_controller.shed(self._queued_items(now_s), supply, now_s,
+                                                                self.predictor, self.params.shed_threshold)))
             for rid in shed:
                 self._queued.discard(rid)  # its heap entry is skipped as stale by _place
                 del self.reqs[rid]
                 out.dropped.append(rid)
-            items = [i for i in items if i.request_id not in shed]
+            gone = set(shed)
+            items = [i for i in items if i.request_id not in gone]
         window = self.params.global_slo_s or self._median_slo()
         caps = self.load_controller.caps(items, supply, window, now_s, self.predictor,
                                          base_threshold=self._shed_base())
