@@ -16,7 +16,7 @@ from shared.schemas.cluster import InstanceCount, NodePlan, Plan
 
 PROMPTS = [f"rev:{w}=" for w in ("abcdefghijklmnopqrstuvwx", "zyxwvutsrqponmlkjihgfedc", "thequickbrownfoxjumpsove",
                                   "lazydogpackmyboxwithfive", "dozenliquorjugsnowandthe", "spherexyzquartzglyphvex")]
-MAX_TOKENS = 96  # 12 blocks of 8: long enough to be mid-flight when the plan lands
+MAX_TOKENS = 96  # 6 blocks of 16: long enough to be mid-flight when the plan lands
 
 
 def _plan(plan_id: str, workers: int) -> Plan:
