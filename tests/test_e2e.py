@@ -36,14 +36,15 @@ def test_health_ready_models_metrics(cluster):
 
 
 def test_completion_protocol(cluster):
-    r = _post(cluster, "/v1/completions", {"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 16})
+    # two blocks of 16: at least one refresh and one more step whatever the model commits per step
+    r = _post(cluster, "/v1/completions", {"model": "dilaserve-tiny", "prompt": "123+456=", "max_tokens": 32})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     choice = body["choices"][0]
     assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
     usage = body["usage"]
-    assert usage["prompt_tokens"] == 8 and 0 <= usage["completion_tokens"] <= 16
+    assert usage["prompt_tokens"] == 8 and 0 <= usage["completion_tokens"] <= 32
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     dlm = body["dlm"]
     assert dlm["steps"] == dlm["refresh_steps"] + dlm["reuse_steps"] >= 2

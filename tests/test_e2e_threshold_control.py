@@ -8,7 +8,7 @@ request's ``min_threshold`` floor holds throughout (the worker's per-step τ cho
 
 Robust on a slow, loaded machine: it asserts directions (a cap below the top while the burst is queued,
 a cap raised again afterwards, the top τ after it), never exact values or timings. Robust on a fast one
-too: whether 24 requests at a given SLO constrain the cluster depends on its speed (on a fast machine the
+too: whether 48 requests at a given SLO constrain the cluster depends on its speed (on a fast machine the
 burst can fit at the top τ, or be done before a load-control period has passed), so bursts with ever
 tighter SLOs run until one makes the controller lower a cap (the workers' own slack rule can lower τ
 without any cap: that alone does not count).
@@ -33,9 +33,9 @@ TOP = 0.9  # the highest candidate τ (shared/policy/threshold.py DEFAULT_CANDID
 # open moves are uncertain by design, so the tokens committed per step follow τ (lab/tasks.py)
 PROMPT = "path:l s r ? ? r ? r ? ? ? ? l l ? ? l ? ? ? ?>1="
 MAX_TOKENS = 64
-N_BURST = 24
+N_BURST = 48
 FLOOR = 0.8
-SLO_LADDER_MS = (4000, 2500, 1500)  # one burst per SLO, tightest last, until a cap falls
+SLO_LADDER_MS = (4000, 2500, 1500, 1000, 700, 500)  # one burst per SLO, tightest last, until a cap falls
 
 
 def _body(i: int, slo_ms: int) -> dict:
@@ -67,7 +67,9 @@ async def _run(cluster) -> tuple[list[tuple[float, dict[str, float]]], list[dict
                 assert all(r.status_code == 200 or (r.status_code == 503 and r.json()["error"]["code"]
                            == "deadline_unmeetable") for r in resps), [r.text for r in resps if r.status_code != 200][:2]
                 burst += [r.json() for r in resps if r.status_code == 200]
-                print(f"burst at SLO {slo_ms} ms: {len(caps_log) - seen} cap messages")
+                codes = [r.status_code for r in resps]
+                print(f"burst at SLO {slo_ms} ms: {len(caps_log) - seen} cap messages, "
+                      f"{codes.count(200)} served, {codes.count(503)} refused as unmeetable")
                 if any(c < TOP for _, caps in caps_log[seen:] for c in caps.values()):
                     break
             await asyncio.sleep(2.5)  # a couple of load-control periods with the cluster idle
