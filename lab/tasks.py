@@ -4,8 +4,7 @@ Every problem is a prompt string ending in "=" and an answer string. The train/e
 of the prompt: a problem whose hash falls in the eval bucket is never produced for training, so
 evaluation problems cannot appear in training data whatever the seeds.
 
-Tasks (answers up to 24 characters, so with the default canvas of 32 tokens and block 8 the long ones
-span several blocks):
+Short tasks (answers up to 24 characters: one or two blocks of 16):
 - add / sub: 3-digit arithmetic; carries and borrows make answer digits depend on one another,
   which is exactly where committing many tokens in parallel can go wrong.
 - mul: a 2-digit number times one digit.
@@ -15,8 +14,8 @@ learns far more easily than aligning variable-length numbers by their last digit
 - sort: sort a list of digits.
 - rev: reverse a string of letters (up to 24 letters).
 
-Long tasks (answers of 24-48 characters: two to three blocks of 16 in the default canvas of 64). In cum
-and walk the answer tokens depend on one another, so committing many at once can go wrong; in rep
+Long tasks (answers of 24-48 characters: two to three blocks of 16 in the default canvas of 64). In cum,
+walk and path the answer tokens depend on one another, so committing many at once can go wrong; in rep
 they do not:
 - cum: a running sum mod 10 written out step by step, each digit of 12-24 followed by the sum so far
   (`cum:3 1 4 1=` → `33144819`): a sum is (the sum two to its left + the digit just before it) mod 10 —
@@ -29,8 +28,8 @@ they do not:
 - walk: 12-24 moves on an arrangement of three things (`l`, `r`: swap the first two / last two, `s`: the
   ends), each move followed by the arrangement's number (0-5) after it (`walk:l r=` → `l2r3`). Like cum
   a chain, but the moves do not commute: a state two moves on is a composition, not a sum of counts.
-  Meant to be harder to compute in parallel than cum; the 2.7 M candidate still commits it about a
-  block of 16 in two steps (docs/engine.md).
+  Meant to be harder to compute in parallel than cum; the 2.7 M model still commits it about a block
+  of 16 in two steps (docs/engine.md).
 - path: a walk whose prompt leaves some moves open (`?`) and names the arrangement it must end at
   (`path:l ? ?>5=` → `l2l0s5`, and `l2r3l5` is as good): the answer writes every move and the number
   after it. Any choice of an open move is right except that the last move (always open) must reach the
