@@ -17,7 +17,6 @@ without any cap: that alone does not count).
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 
 import httpx
@@ -144,10 +143,11 @@ def test_caps_fall_in_a_burst_recover_after_and_floors_hold(cluster):
         assert body["dlm"]["thresholds_used"] == [TOP], body["dlm"]
     # some burst request ran below the top (the caps/slack rule actually acted), none below its floor
     assert any(min(b["dlm"]["thresholds_used"]) < TOP for b in burst)
-    # ... and that made decoding faster: the requests that ran mostly below the top commit more
-    # tokens per step than the same prompt at the top τ
-    lowered = [_tokens_per_step(b) for b in burst if b["dlm"]["threshold_mean"] <= TOP - 0.05]
+    # ... and that made decoding faster: together, the requests that ran some steps below the top
+    # commit more tokens per step than the same prompt at the top τ (some may have gained nothing)
+    lowered = [b for b in burst if b["dlm"]["threshold_mean"] < TOP - 1e-9]
+    pooled = sum(b["usage"]["completion_tokens"] for b in lowered) / max(1, sum(b["dlm"]["steps"] for b in lowered))
     at_top = [_tokens_per_step(b) for b in probes]
-    print(f"tokens/step: {len(lowered)} lowered {lowered}, at the top {at_top}")
-    assert lowered and statistics.median(lowered) > max(at_top), (lowered, at_top)
+    print(f"tokens/step: {pooled:.2f} over {len(lowered)} requests run partly below the top, {at_top} at the top")
+    assert lowered and pooled > max(at_top), (pooled, at_top)
     assert time.monotonic() - t0 < 120
