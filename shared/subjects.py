@@ -7,6 +7,9 @@ from __future__ import annotations
 
 PREFIX = "dlm.v1"
 SUBMIT_STREAM = "DLM_SUBMIT"  # JetStream stream holding accepted requests until a scheduler places them
+# In a NATS cluster a second submit stream, led by another node: while one stream's leader is dead and
+# its peers wait out raft's election timeout (4-9 s in nats-server), submissions go to the other one.
+SUBMIT_STREAMS = (SUBMIT_STREAM, "DLM_SUBMIT_ALT")
 SCHEDULER_DURABLE = "scheduler"
 # `dilaserve chaos` only: a stream that records every RequestFinished published (request_done()), so
 # duplicate completions are counted even when the observer itself was disconnected.
@@ -19,9 +22,11 @@ def _check_token(token: str) -> str:
     return token
 
 
-def request_submit() -> str:
-    """SubmitRequest, JetStream (stream SUBMIT_STREAM)."""
-    return f"{PREFIX}.gateway.request.submit"
+def request_submit(lane: int = 0) -> str:
+    """SubmitRequest, JetStream: lane i is stream SUBMIT_STREAMS[i] (lane 0 keeps its original subject)."""
+    if not 0 <= lane < len(SUBMIT_STREAMS):
+        raise ValueError(f"no submit lane {lane}")
+    return f"{PREFIX}.gateway.request.submit" + (f".lane{lane}" if lane else "")
 
 
 def request_offer() -> str:
@@ -89,3 +94,13 @@ def planner_heartbeat() -> str:
 def plan_publish() -> str:
     """Plan."""
     return f"{PREFIX}.planner.plan.publish"
+
+
+def js_stream_leader_stepdown(stream: str) -> str:
+    """nats-server's API: the stream's leader steps down (to ``{"placement": {"preferred": server}}``)."""
+    return f"$JS.API.STREAM.LEADER.STEPDOWN.{_check_token(stream)}"
+
+
+def js_consumer_leader_stepdown(stream: str, durable: str) -> str:
+    """nats-server's API: the consumer's leader steps down (same request body as the stream's)."""
+    return f"$JS.API.CONSUMER.LEADER.STEPDOWN.{_check_token(stream)}.{_check_token(durable)}"

@@ -21,8 +21,9 @@ exactly once, with the output it would have had without the fault.
    With ``--ha`` the cluster is `dilaserve up --ha` and heals itself: the harness only kills (the old
    scenarios then hit the leading scheduler, the Redis master, one NATS node), and four more apply:
    - ``kill-leader-scheduler``: SIGKILL the lease holder; failover = until another lease value is held;
-   - ``kill-nats-node``: SIGKILL the node leading the submit stream; failover = until the stream answers
-     under a live leader;
+   - ``kill-nats-node``: SIGKILL the node leading the submit lane in use (the stream that stored this
+     run's submissions); failover = until a gateway accepts a new submission (on the other lane, whose
+     leader lives on); ``lane_reelected_s``: until the victim's lane has a leader again (raft, 4-9 s);
    - ``kill-redis-master``: SIGKILL the master; failover = until Sentinel names the other node and a
      write through Sentinel lands;
    - ``kill-gateway``: SIGKILL one gateway; clients use the other one, and a client whose stream was cut
@@ -308,11 +309,41 @@ def _redis_name(cluster: LocalCluster, port: int) -> str:
     return f"redis-{cluster.redis_ports.index(port)}"
 
 
-async def _stream_leader(bus) -> str:
+async def _stream_leader(bus, lane: int = 0) -> str:
     from shared import subjects
 
-    info = await bus.nc.jetstream(timeout=0.5).stream_info(subjects.SUBMIT_STREAM)  # a short probe
+    info = await bus.nc.jetstream(timeout=0.5).stream_info(subjects.SUBMIT_STREAMS[lane])  # a short probe
     return (info.cluster.leader if info.cluster else "") or ""
+
+
+async def _lane_seqs(bus, cluster: LocalCluster) -> list[int]:
+    """Each submit lane's last stream sequence (how many submissions it has stored)."""
+    from shared import subjects
+    from shared.transport.lanes import lane_count
+
+    js = bus.nc.jetstream(timeout=2.0)
+    return [(await js.stream_info(subjects.SUBMIT_STREAMS[lane])).state.last_seq
+            for lane in range(lane_count(len(cluster.nats_ports)))]
+
+
+async def _lane_in_use(bus, cluster: LocalCluster, before: list[int]) -> int:
+    """The lane that stored most of this run's submissions so far (the one the gateways publish to)."""
+    now = await _lane_seqs(bus, cluster)
+    return max(range(len(now)), key=lambda lane: (now[lane] - (before[lane] if lane < len(before) else 0), -lane))
+
+
+async def _submission_accepted(cluster: LocalCluster, timeout_s: float = 20.0) -> bool:
+    """A new streaming completion is accepted (HTTP 200) by a gateway; the stream is closed at once."""
+    body = {"prompt": "add:12+34=", "max_tokens": 4, "stream": True}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=2.0)) as c:
+        for url in cluster.urls:
+            try:
+                async with c.stream("POST", url + "/v1/completions", json=body) as resp:
+                    if resp.status_code == 200:
+                        return True
+            except httpx.HTTPError:
+                continue
+    return False
 
 
 async def _until(probe, timeout_s: float = 60.0, period_s: float = 0.05) -> float:
@@ -329,7 +360,7 @@ async def _until(probe, timeout_s: float = 60.0, period_s: float = 0.05) -> floa
     return math.inf
 
 
-async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus) -> dict:
+async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus, view: dict) -> dict:
     """The --ha faults: SIGKILL one instance of a replicated part; the rest of the cluster takes over
     and the healer starts the victim again. ``failover_s``: death → the survivors serve that part."""
     fault: dict = {"scenario": scenario}
@@ -343,13 +374,18 @@ async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus) -> dict:
         fault["failover_s"] = await _until(lambda: _lease_changed(store, old_value))
         fault["new_leader"] = await _lease_value(store)
     elif scenario == "kill-nats-node":
-        leader = await _stream_leader(bus)
+        lane = await _lane_in_use(bus, cluster, view.get("lane_seqs", []))
+        fault["lane_leaders_before"] = [await _stream_leader(bus, k) for k in range(len(view.get("lane_seqs") or [0]))]
+        leader = await _stream_leader(bus, lane)
         victim = _find(cluster, leader if leader.startswith("nats-") else "nats-0")
-        say(f"SIGKILL {victim.name} (leader of the submit stream: {leader or '?'})")
+        say(f"SIGKILL {victim.name} (leader of submit lane {lane}, the one in use)")
         _sigkill(victim)
         t = time.monotonic()
-        fault["failover_s"] = await _until(lambda: _stream_led_again(bus, cluster, victim))
-        fault["new_stream_leader"] = await _stream_leader(bus)
+        fault["failover_s"] = await _until(lambda: _submission_accepted(cluster))
+        fault["lane"] = lane
+        reelected_s = await _until(lambda: _stream_led_again(bus, cluster, victim, lane)) + fault["failover_s"]
+        fault["lane_reelected_s"] = round(reelected_s, 3) if math.isfinite(reelected_s) else None
+        fault["lane_leaders"] = [await _stream_leader(bus, k) for k in range(len(await _lane_seqs(bus, cluster)))]
     elif scenario == "kill-redis-master":
         port = _redis_master_port(cluster)
         victim = _find(cluster, _redis_name(cluster, port))
@@ -372,7 +408,7 @@ async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus) -> dict:
     fault["target"] = victim.name
     fault["failover_s"] = round(fault["failover_s"], 3) if math.isfinite(fault["failover_s"]) else None
     fault["downtime_s"] = time.monotonic() - t
-    say(f"{scenario}: failover after {fault['failover_s']:.2f}s ({victim.name} is restarted by the cluster)")
+    say(f"{scenario}: failover after {fault['failover_s']}s ({victim.name} is restarted by the cluster)")
     return fault
 
 
@@ -381,10 +417,10 @@ async def _lease_changed(store, old_value: str) -> bool:
     return bool(v) and v != old_value
 
 
-async def _stream_led_again(bus, cluster: LocalCluster, victim: Proc) -> bool:
-    """The submit stream answers (stream info comes from its leader) under a live leader: another node,
+async def _stream_led_again(bus, cluster: LocalCluster, victim: Proc, lane: int) -> bool:
+    """The lane's stream answers (stream info comes from its leader) under a live leader: another node,
     or the victim itself once restarted and re-elected."""
-    leader = await _stream_leader(bus)
+    leader = await _stream_leader(bus, lane)
     return bool(leader) and (leader != victim.name or _find(cluster, victim.name) is not victim)
 
 
@@ -424,7 +460,7 @@ async def _wait_for_trigger(store, submitted: list[int], half: int, scenario: st
 
 async def _inject(cluster: LocalCluster, scenario: str, view: dict, downtime_s: float, store, bus) -> dict:
     if scenario in HA_SCENARIOS:
-        return await _inject_ha(cluster, scenario, store, bus)
+        return await _inject_ha(cluster, scenario, store, bus, view)
     fault: dict = {"scenario": scenario}
     if scenario in ("kill-worker", "stop-worker", "pause-worker"):
         by_worker = view.get("by_worker") or {}
@@ -538,9 +574,11 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
                 submitted[0] += 1
             return list(await asyncio.gather(*tasks))
 
+        lane_seqs = await _lane_seqs(bus, cluster) if scenario == "kill-nats-node" else []
         runner = asyncio.create_task(submit_all())
         say(f"{scenario}: submitting {n} requests at {rps:g}/s (max_tokens {max_tokens}, min_threshold 1.0)")
         view = await _wait_for_trigger(store, submitted, max(1, n // 2), scenario, time.monotonic() + timeout_s)
+        view["lane_seqs"] = lane_seqs
         t_fault = time.monotonic() - t0
         submitted_before = submitted[0]
         fault = await _inject(cluster, scenario, view, downtime_s, store, bus)

@@ -33,6 +33,7 @@ from shared.schemas.cluster import SchedulerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import BlockCommitted, CancelRequest, RequestFinished, SubmitRequest
 from shared.transport.bus import MSG_ID
+from shared.transport.lanes import LanePublisher, ensure_lanes
 
 log = logging.getLogger("dilaserve.gateway")
 T = TypeVar("T")
@@ -53,6 +54,7 @@ class Gateway:
         self.model_name = self.gcfg.model_name
         self.tokenizer = ModelTokenizer(model_dir(self.gcfg.model_dir))
         self.bus = None
+        self.lanes: LanePublisher | None = None  # the submit lanes, once connected
         self.store = None
         self.cluster: SchedulerHeartbeat | None = None
         self.cluster_seen_mono = 0.0
@@ -66,7 +68,7 @@ class Gateway:
         self.bus = await Bus.connect(self.cfg.nats.url, name=self.gateway_id)
         self.store = await Store.from_config(self.cfg.redis)
         self.guard.take_token = self.store.take_token
-        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.cfg.nats.submit_max_age_s)
+        self.lanes = LanePublisher(self.bus, await ensure_lanes(self.bus, self.cfg.nats))
         await self.bus.subscribe(subjects.scheduler_heartbeat(), SchedulerHeartbeat, self._on_cluster)
 
     async def close(self) -> None:
@@ -163,9 +165,9 @@ class Gateway:
                 self._offer(msg, headers)
             await asyncio.wait_for(asyncio.gather(
                 self.store.create_request(msg, acc.arrival_s),
-                # under its id (Nats-Msg-Id) it is retried until the bound: rides out a NATS node failing over
-                self.bus.js_publish(subjects.request_submit(), msg, {**headers, MSG_ID: acc.request_id},
-                                    self.gcfg.backend_timeout_s)),
+                # under its id (Nats-Msg-Id) it is retried until the bound, on the other submit lane
+                # of a NATS cluster when one goes unanswered (shared/transport/lanes.py)
+                self.lanes.publish(msg, {**headers, MSG_ID: acc.request_id}, self.gcfg.backend_timeout_s)),
                 self.gcfg.backend_timeout_s)
         except Exception as exc:
             await relay.close()

@@ -103,7 +103,8 @@ class PlannerService:
         stored = await self.store.load_plan()
         self.plan = stored or await self.initial_plan(self.observed_since_s)
         await self._publish(self.plan)
-        self._subs = [await self.bus.subscribe(subjects.request_submit(), SubmitRequest, self.on_submit)]
+        self._subs = [await self.bus.subscribe(subjects.request_submit(lane), SubmitRequest, self.on_submit)
+                      for lane in range(len(subjects.SUBMIT_STREAMS))]  # every lane a gateway may use
         # A stored plan is carried out again: a planner that died mid-change converges.
         self._tasks = [asyncio.create_task(self.plan_loop(stored)), asyncio.create_task(self.heartbeat_loop())]
 

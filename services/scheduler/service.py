@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from shared import subjects
@@ -31,6 +31,7 @@ from shared.schemas.requests import (
 )
 from shared.transport import Bus, Delivery, Store
 from shared.transport.bus import NoResponders
+from shared.transport.lanes import LANE_SPREAD_S, ensure_lanes, spread_leaders
 from shared.transport.store import FENCED
 
 log = logging.getLogger("dilaserve.scheduler")
@@ -41,7 +42,9 @@ class _Entry:
     submit: SubmitRequest
     view: RequestView
     headers: dict[str, str]
-    delivery: Delivery | None = None  # None when rebuilt from Redis or re-queued after a worker died
+    # its JetStream copies, acked once Redis holds its assignment: none when rebuilt from Redis or
+    # re-queued after a worker died, two when a gateway stored it on both submit lanes
+    deliveries: list[Delivery] = field(default_factory=list)
     record_retries: int = 0
     confirm: bool = False  # rebuilt from Redis as assigned: re-send the assignment when its worker shows up
     persisted: bool = False  # Redis holds an assignment for it: its JetStream message may be acked at once
@@ -86,12 +89,12 @@ class SchedulerService:
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[asyncio.Task] = set()  # dispatches under way (awaited on a graceful stop)
         self.stopping = False
+        self.lanes = 1  # submit lanes (shared/transport/lanes.py), known once started
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.rebuild()
-        await self.bus.ensure_stream(subjects.SUBMIT_STREAM, [subjects.request_submit()], self.nats_cfg.submit_max_age_s,
-                                     self.nats_cfg.stream_replicas)
+        self.lanes = await ensure_lanes(self.bus, self.nats_cfg)
         self._subs = [
             await self.bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, self.on_heartbeat),
             await self.bus.subscribe(subjects.planner_heartbeat(), PlannerHeartbeat, self.on_planner),
@@ -100,18 +103,20 @@ class SchedulerService:
             await self.bus.subscribe(subjects.request_released(), RequestReleased, self.on_released),
             await self.bus.subscribe(subjects.request_cancel(), CancelRequest, self.on_cancel),
             await self.bus.subscribe(subjects.request_offer(), SubmitRequest, self.on_offer),
-            await self._consume_submissions(),
+            *[await self._consume_submissions(lane) for lane in range(self.lanes)],
         ]
         self._tasks = [asyncio.create_task(self.place_loop()), asyncio.create_task(self.status_loop())]
+        if self.lanes > 1:
+            self._tasks.append(asyncio.create_task(self.lane_loop()))
         log.info("scheduler %s ready", self.cfg.scheduler_id)
 
-    async def _consume_submissions(self, patience_s: float = 10.0):
-        """Bind the durable consumer. After a failover the deposed leader may still be bound to it for a
-        moment (until its connection closes or it notices): keep trying for ``patience_s``."""
+    async def _consume_submissions(self, lane: int, patience_s: float = 10.0):
+        """Bind a submit lane's durable consumer. After a failover the deposed leader may still be bound
+        to it for a moment (until its connection closes or it notices): keep trying for ``patience_s``."""
         end = time.monotonic() + patience_s
         while True:
             try:
-                return await self.bus.js_consume(subjects.request_submit(), subjects.SUBMIT_STREAM,
+                return await self.bus.js_consume(subjects.request_submit(lane), subjects.SUBMIT_STREAMS[lane],
                                                  subjects.SCHEDULER_DURABLE, SubmitRequest, self.on_submit,
                                                  self.cfg.ack_wait_s)
             except Exception as exc:
@@ -133,9 +138,9 @@ class SchedulerService:
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=grace_s)
         for rid, e in self.entries.items():
-            if self.policy.instance_of(rid) is None and e.delivery is not None:
+            for d in e.deliveries if self.policy.instance_of(rid) is None else ():
                 try:
-                    await e.delivery.nak()
+                    await d.nak()
                 except Exception as exc:
                     log.warning("nak of %s failed: %s", e.submit.request_id, exc)
         for t in self._tasks:
@@ -160,7 +165,7 @@ class SchedulerService:
                 continue
             wid = rec.worker_id if rec.state in ("assigned", "running") and rec.worker_id else None
             view = request_view(rec.submit, self.block_length)
-            self.entries[rec.request_id] = _Entry(rec.submit, view, {}, None,
+            self.entries[rec.request_id] = _Entry(rec.submit, view, {},
                                                   confirm=wid is not None, persisted=wid is not None)
             self.policy.on_arrival(view, time.time())
             if wid:
@@ -178,8 +183,8 @@ class SchedulerService:
             self._admit(d.message, d.headers, d)
         elif entry.persisted:  # placed already (offered earlier, a redelivery, or rebuilt from Redis)
             await d.ack()
-        else:  # offered earlier or still queued: keep the newest handle, acked when the assignment is persisted
-            entry.delivery = d
+        else:  # offered earlier, still queued, or its copy on the other lane: acked when the assignment is persisted
+            entry.deliveries.append(d)
 
     async def on_offer(self, s: SubmitRequest, headers: dict[str, str]) -> None:
         """The core-NATS copy, usually ahead of the JetStream one: start placing now. A stale offer (e.g.
@@ -188,7 +193,8 @@ class SchedulerService:
             self._admit(s, headers, None)
 
     def _admit(self, s: SubmitRequest, headers: dict[str, str], delivery: Delivery | None) -> None:
-        entry = self.entries[s.request_id] = _Entry(s, request_view(s, self.block_length), headers, delivery)
+        entry = self.entries[s.request_id] = _Entry(s, request_view(s, self.block_length), headers,
+                                                    [delivery] if delivery else [])
         self.policy.on_arrival(entry.view, time.time())
         self.tel.metrics.request_admitted()
         self.kick.set()
@@ -245,8 +251,8 @@ class SchedulerService:
     async def _ack(self, entry: _Entry) -> None:
         """Let JetStream forget the submission (its outcome is in Redis). A lost ack only means a
         redelivery later, which finds the request finished or assigned and is acked then."""
-        d, entry.delivery = entry.delivery, None
-        if d is not None:
+        deliveries, entry.deliveries = entry.deliveries, []
+        for d in deliveries:
             try:
                 await d.ack()
             except Exception as exc:
@@ -492,6 +498,15 @@ class SchedulerService:
             self.kick.set()
 
     # -- liveness and status ------------------------------------------------------------------
+    async def lane_loop(self) -> None:
+        """Keep the submit lanes' leaders on different NATS nodes (shared/transport/lanes.py)."""
+        while True:
+            await asyncio.sleep(LANE_SPREAD_S)
+            try:
+                await spread_leaders(self.bus, self.lanes, subjects.SCHEDULER_DURABLE)
+            except Exception as exc:  # a lane electing its leader, or NATS reconnecting: check again later
+                log.debug("submit lanes not checked: %s", exc)
+
     async def status_loop(self) -> None:
         last_reconcile = time.monotonic()
         while True:

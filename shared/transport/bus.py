@@ -6,6 +6,7 @@ Every payload is a shared.schemas Message (msgspec JSON); trace context rides in
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
@@ -25,6 +26,8 @@ Headers = dict[str, str]
 MSG_ID = "Nats-Msg-Id"  # JetStream de-duplicates publishes by this header (within its duplicate window)
 JS_ATTEMPT_S = 1.0  # one JetStream publish attempt (they take milliseconds when the stream has a leader)
 JS_RETRY_PAUSE_S = 0.1
+# what a JetStream publish raises when no stream leader answers (dead, or an election under way)
+JS_UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError)
 
 
 class NoResponders(Exception):
@@ -176,6 +179,11 @@ class Bus:
             config.num_replicas = max(config.num_replicas or 1, current.config.num_replicas or 1)
             await self.js.update_stream(config)
 
+    async def js_publish_once(self, subject: str, msg: Message, headers: Headers | None, timeout_s: float) -> int:
+        """One attempt: the stream sequence once JetStream has stored the message."""
+        ack = await self.js.publish(subject, encode(msg), timeout=max(0.01, timeout_s), headers=headers or None)
+        return ack.seq
+
     async def js_publish(self, subject: str, msg: Message, headers: Headers | None = None, timeout_s: float = 5.0) -> int:
         """Returns the stream sequence once JetStream has stored the message. A message with a MSG_ID
         header is retried (attempts of at most JS_ATTEMPT_S) until ``timeout_s``: a replicated stream
@@ -187,12 +195,18 @@ class Bus:
         while True:
             attempt_s = min(JS_ATTEMPT_S, end - loop.time()) if retry else timeout_s
             try:
-                ack = await self.js.publish(subject, encode(msg), timeout=max(0.01, attempt_s), headers=headers or None)
-                return ack.seq
-            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError):
+                return await self.js_publish_once(subject, msg, headers, attempt_s)
+            except JS_UNANSWERED:
                 if not retry or loop.time() + JS_RETRY_PAUSE_S >= end:
                     raise
                 await asyncio.sleep(JS_RETRY_PAUSE_S)
+
+    async def js_api(self, subject: str, body: dict, timeout_s: float = 2.0) -> dict:
+        """A request to nats-server's JetStream API (``$JS.API.…``); raises on an error answer."""
+        reply = json.loads((await self.nc.request(subject, json.dumps(body).encode(), timeout=timeout_s)).data)
+        if reply.get("error"):
+            raise RuntimeError(f"{subject}: {reply['error'].get('description', reply['error'])}")
+        return reply
 
     async def js_consume(
         self, subject: str, stream: str, durable: str, type_: type[M],
