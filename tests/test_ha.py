@@ -1,6 +1,6 @@
 """`dilaserve up --ha` on real processes (3 clustered nats-servers, a Redis master, its replica and 3
 Sentinels, 2 schedulers, 2 gateways, planner, worker; all on random loopback ports, stopped by PID): the
-leading scheduler and then the Redis master are SIGKILLed under load, nothing restarted by the test.
+leading scheduler, the NATS node leading the submit lane in use and the Redis master are SIGKILLed under load, nothing restarted by the test.
 Every accepted request completes exactly once with its uninterrupted output, and each failover takes
 at most 5 s."""
 
@@ -38,15 +38,15 @@ def test_submit_stream_is_replicated(ha_setup):
     async def replicas() -> int:
         bus = await Bus.connect(cluster.nats_url, name="test-ha")
         try:
-            return (await bus.js.stream_info(subjects.SUBMIT_STREAM)).config.num_replicas
+            return [(await bus.js.stream_info(s)).config.num_replicas for s in subjects.SUBMIT_STREAMS]
         finally:
             await bus.close()
 
-    assert asyncio.run(replicas()) == 3
+    assert asyncio.run(replicas()) == [3, 3]  # both submit lanes
     assert len(cluster.urls) == 2
 
 
-@pytest.mark.parametrize("scenario", ["kill-leader-scheduler", "kill-redis-master"])
+@pytest.mark.parametrize("scenario", ["kill-leader-scheduler", "kill-nats-node", "kill-redis-master"])
 def test_failover_loses_nothing(ha_setup, scenario):
     cluster, prompts, refs = ha_setup
     wait_cluster_ready(cluster)
