@@ -117,5 +117,5 @@ def test_sigkill_is_healed(cluster, victim):
         assert took_s <= SLO_MS / 1000 + 5, (victim, rep)
         if victim != "gateway":  # a killed gateway drops its connections; every other fault is ridden out
             assert outcome == "ok", (victim, rep)
-    # measured: 1-8 s, a gateway (its start-up) longer on a loaded machine (docs/operations.md)
-    assert rep["recovered_s"] <= 60, rep
+    # measured on the 2-core VM beside a training job: 0.2-1.2 s, a gateway (its start-up) 3.4 s
+    assert rep["recovered_s"] <= 10, rep
