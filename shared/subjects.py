@@ -23,7 +23,7 @@ def _check_token(token: str) -> str:
 
 
 def request_submit(lane: int = 0) -> str:
-    """SubmitRequest, JetStream: lane i is stream SUBMIT_STREAMS[i] (lane 0 keeps its original subject)."""
+    """SubmitRequest, JetStream: lane i is stream SUBMIT_STREAMS[i] (lane 0 on the plain subject)."""
     if not 0 <= lane < len(SUBMIT_STREAMS):
         raise ValueError(f"no submit lane {lane}")
     return f"{PREFIX}.gateway.request.submit" + (f".lane{lane}" if lane else "")
