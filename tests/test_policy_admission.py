@@ -63,3 +63,22 @@ def _refit(quantile: float | None) -> float:
 def test_refit_toward_the_mean_or_a_high_quantile():
     assert abs(_refit(None) - 0.015) < 0.002
     assert _refit(0.9) > 0.019  # at least 90 % of the steps are no slower than the fitted latency
+
+
+def test_an_arrival_with_room_is_placed_not_shed_when_the_load_control_comes_due():
+    # Shedding prices a waiting request at a full instance's step (≈ 66 ms here): 64 tokens of canvas
+    # at the shedding τ cannot make a 400-ms SLO that way. A request that has room now does not wait.
+    cost = CostModel({CFG: [(16, 0.003), (112, 0.009), (1024, 0.066)]})
+    core = make_core("dilaserve", cost, StepPredictor(), drop_expired=True, budget_step_s=0.07)
+    for w in ("w0", "w1"):
+        core.on_instance_update(InstanceView(w, CFG), 0.0)
+    core.on_arrival(RequestView("r0", 0.0, 0.4, 20, 64, 16), 0.0)
+    assert core.load_controller.due(0.0)
+    out = core.schedule(0.0)
+    assert [p.request_id for p in out.placements] == ["r0"] and out.dropped == []
+    assert out.placements[0].cap == core.cap("r0") and "r0" not in out.caps  # the new cap rides the placement
+    # while one that finds no room and cannot make it is shed as before
+    for i in range(1, 40):
+        core.on_arrival(RequestView(f"r{i}", 1.0, 1.4, 20, 64, 16), 1.0)
+    out = core.schedule(1.0)
+    assert out.dropped and not set(out.dropped) & {p.request_id for p in out.placements}

@@ -210,10 +210,21 @@ class SchedulerCore:
         out = SchedulerOutput(rejected=self._rejected)
         self._rejected = []
         if self.load_controller is not None and self.load_controller.due(now_s):
+            # Place first: shedding plans the requests that must wait, each priced at a full instance's
+            # step. A request that has room now (e.g. one that arrived just before this tick) is not one.
+            self._place(out, now_s)
             out.caps = self._load_control(now_s, out)
+            self._recap_placements(out)
         self._migrate(out, now_s)
         self._place(out, now_s)
         return out
+
+    def _recap_placements(self, out: SchedulerOutput) -> None:
+        """A request placed in this call carries the cap the load control just gave it."""
+        for k, p in enumerate(out.placements):
+            cap = out.caps.pop(p.request_id, None)
+            if cap is not None:
+                out.placements[k] = Placement(p.request_id, p.instance_id, cap, p.deadline_s)
 
     # --- internals ------------------------------------------------------------------------------------
     def _adopt(self, inst: _Inst) -> None:
