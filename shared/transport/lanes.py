@@ -81,9 +81,13 @@ class LanePublisher:
             await asyncio.sleep(JS_RETRY_PAUSE_S)
 
     def _answered(self, lane: int) -> None:
-        if lane != self.order()[0]:
-            log.warning("submit lane %d unanswered; submitting to lane %d (%s)%s", self.order()[0], lane,
-                        subjects.SUBMIT_STREAMS[lane], f" for {LANE_HOLD_S:g}s" if lane else "")
+        """A switch: keep to ``lane`` for LANE_HOLD_S (lane 0 for good), so that requests do not each
+        wait out an attempt on a dead lane; then lane 0 is tried first again."""
+        first = self.order()[0]
+        if lane == first:
+            return
+        log.warning("submit lane %d unanswered; submitting to lane %d (%s)%s", first, lane,
+                    subjects.SUBMIT_STREAMS[lane], f" for {LANE_HOLD_S:g}s" if lane else "")
         self.preferred, self.hold_until = lane, (self.clock() + LANE_HOLD_S if lane else -float("inf"))
 
 
