@@ -326,6 +326,24 @@ async def _lane_seqs(bus, cluster: LocalCluster) -> list[int]:
             for lane in range(lane_count(len(cluster.nats_ports)))]
 
 
+async def _lane_leaders(bus, cluster: LocalCluster) -> list[str]:
+    """Each submit lane's stream leader ("" while it elects one or does not answer)."""
+    from shared.transport.lanes import lane_count
+
+    leaders = []
+    for lane in range(lane_count(len(cluster.nats_ports))):
+        try:
+            leaders.append(await _stream_leader(bus, lane))
+        except Exception:
+            leaders.append("")
+    return leaders
+
+
+async def _lanes_apart(bus, cluster: LocalCluster) -> bool:
+    leaders = await _lane_leaders(bus, cluster)
+    return all(leaders) and len(set(leaders)) == len(leaders)
+
+
 async def _lane_in_use(bus, cluster: LocalCluster, before: list[int]) -> int:
     """The lane that stored most of this run's submissions so far (the one the gateways publish to)."""
     now = await _lane_seqs(bus, cluster)
@@ -375,7 +393,8 @@ async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus, view: dic
         fault["new_leader"] = await _lease_value(store)
     elif scenario == "kill-nats-node":
         lane = await _lane_in_use(bus, cluster, view.get("lane_seqs", []))
-        fault["lane_leaders_before"] = [await _stream_leader(bus, k) for k in range(len(view.get("lane_seqs") or [0]))]
+        fault["lanes_apart_wait_s"] = view.get("lanes_apart_wait_s")
+        fault["lane_leaders_before"] = await _lane_leaders(bus, cluster)
         leader = await _stream_leader(bus, lane)
         victim = _find(cluster, leader if leader.startswith("nats-") else "nats-0")
         say(f"SIGKILL {victim.name} (leader of submit lane {lane}, the one in use)")
@@ -385,7 +404,7 @@ async def _inject_ha(cluster: LocalCluster, scenario: str, store, bus, view: dic
         fault["lane"] = lane
         reelected_s = await _until(lambda: _stream_led_again(bus, cluster, victim, lane)) + fault["failover_s"]
         fault["lane_reelected_s"] = round(reelected_s, 3) if math.isfinite(reelected_s) else None
-        fault["lane_leaders"] = [await _stream_leader(bus, k) for k in range(len(await _lane_seqs(bus, cluster)))]
+        fault["lane_leaders"] = await _lane_leaders(bus, cluster)
     elif scenario == "kill-redis-master":
         port = _redis_master_port(cluster)
         victim = _find(cluster, _redis_name(cluster, port))
@@ -574,11 +593,18 @@ async def run_scenario(cluster: LocalCluster, scenario: str, prompts: list[str],
                 submitted[0] += 1
             return list(await asyncio.gather(*tasks))
 
-        lane_seqs = await _lane_seqs(bus, cluster) if scenario == "kill-nats-node" else []
+        lane_seqs, apart_wait_s = [], None
+        if scenario == "kill-nats-node":
+            # A node that dies within seconds of the previous fault may find both lanes on one node: the
+            # dead lane's new leader is elected at random and moved apart at the leading scheduler's
+            # next check. One fault at a time: wait for that (reported as lanes_apart_wait_s).
+            apart_wait_s = await _until(lambda: _lanes_apart(bus, cluster), timeout_s=30.0)
+            lane_seqs = await _lane_seqs(bus, cluster)
         runner = asyncio.create_task(submit_all())
         say(f"{scenario}: submitting {n} requests at {rps:g}/s (max_tokens {max_tokens}, min_threshold 1.0)")
         view = await _wait_for_trigger(store, submitted, max(1, n // 2), scenario, time.monotonic() + timeout_s)
         view["lane_seqs"] = lane_seqs
+        view["lanes_apart_wait_s"] = round(apart_wait_s, 3) if apart_wait_s is not None and math.isfinite(apart_wait_s) else None
         t_fault = time.monotonic() - t0
         submitted_before = submitted[0]
         fault = await _inject(cluster, scenario, view, downtime_s, store, bus)

@@ -28,7 +28,7 @@ from shared.transport.bus import JS_RETRY_PAUSE_S, JS_UNANSWERED, Bus, Headers
 log = logging.getLogger(__name__)
 LANE_ATTEMPT_S = 0.5  # a publish unanswered this long: the lane's leader is gone, try the next lane
 LANE_HOLD_S = 30.0  # after moving off lane 0, keep to the lane that answered this long before trying lane 0 again
-LANE_SPREAD_S = 2.0  # how often the leading scheduler checks where the lanes' leaders are
+LANE_SPREAD_S = 0.5  # how often the leading scheduler checks where the lanes' leaders are (4 API requests)
 
 
 def lane_count(stream_replicas: int) -> int:
