@@ -1,8 +1,8 @@
 """`dilaserve up --ha` on real processes (3 clustered nats-servers, a Redis master, its replica and 3
 Sentinels, 2 schedulers, 2 gateways, planner, worker; all on random loopback ports, stopped by PID): the
 leading scheduler, the NATS node leading the submit lane in use and the Redis master are SIGKILLed
-under load, nothing restarted by the test. Every accepted request completes exactly once with its uninterrupted output, and each failover takes
-at most 5 s."""
+under load, nothing restarted by the test. Every accepted request completes exactly once with its
+uninterrupted output, and each failover takes at most 5 s."""
 
 from __future__ import annotations
 
