@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from lab import tasks as task_suite
+from shared.profiles import model_block_length
 from shared.sim.runner import GENERATORS, SimSpec, workload_rows
 from shared.sim.workload import (LengthScaling, SimRequest, SloClass, TraceRow, build_requests, load_trace,
                                  native_rps, parse_slo_mix, rescale_arrivals)
@@ -28,11 +29,10 @@ class ModelShape:
 
 
 def model_shape(model_dir: Path, default_canvas: int = 32) -> ModelShape:
-    """Block length and context from the model's config.json; canvas from its training.json."""
+    """Block length as the services resolve it (shared/profiles.model_block_length), context from the
+    model's config.json, canvas from its training.json."""
     cfg = json.loads((model_dir / "config.json").read_text())
-    block = int(cfg.get("block_length") or 0)
-    if block <= 0:
-        raise ValueError(f"{model_dir}/config.json has no block_length")
+    block = model_block_length(str(model_dir))
     positions = int(cfg.get("max_sequence_length") or cfg.get("max_position_embeddings"))
     training = model_dir / "training.json"
     canvas = default_canvas
