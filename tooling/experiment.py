@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", default=None,
                    help="accuracy-vs-τ JSON or a `dilaserve eval` JSON for the simulator (default: the "
                         "accuracy per τ measured in the live runs)")
+    p.add_argument("--resimulate", action="store_true",
+                   help="no live runs: simulate again the runs a finished sweep saved in --out-dir (the "
+                        "sweep's own options) and rewrite its report")
     p.add_argument("--sim-cores", type=float, default=float(os.cpu_count() or 1),
                    help="cores the simulated workers and services share (default: this machine's)")
 
@@ -74,6 +77,8 @@ def validate(args: argparse.Namespace) -> None:
         raise SystemExit(f"unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}")
     if not _floats(args.rates) or min(_floats(args.rates)) <= 0:
         raise SystemExit("--rates: want positive rates, e.g. 10,20")
+    if args.resimulate and not args.out_dir:
+        raise SystemExit("--resimulate: give the finished sweep's folder as --out-dir")
     if args.repeats < 1 or args.duration <= 0 or args.workers < 1 or args.slo_ms <= 0:
         raise SystemExit("--repeats, --duration, --workers and --slo-ms must be positive")
 
@@ -90,6 +95,10 @@ def build_spec(args: argparse.Namespace) -> ExperimentSpec:
                           quality=args.quality, sim_cores=args.sim_cores, model_dir=SHIPPED_MODEL_DIR)
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     validate(args)
     from services.gateway.tokenizer import ModelTokenizer  # the gateway's own token count
@@ -97,6 +106,12 @@ def main(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     encode = ModelTokenizer(spec.model_dir).encode
     out = Path(args.out_dir or Path("runs") / time.strftime("experiment-%Y%m%d-%H%M%S")).resolve()
-    report = run_experiment(spec, out, lambda line: print(line, file=sys.stderr, flush=True), encode)
+    if not args.resimulate:
+        report = run_experiment(spec, out, _log, encode)
+    else:
+        try:
+            report = run_experiment(spec, out, _log, encode, resimulate=True)
+        except (ValueError, FileNotFoundError) as e:  # a folder that is not this sweep's
+            raise SystemExit(f"experiment --resimulate: {e}") from None
     print(json.dumps(report["paths"], indent=2))
     return 0

@@ -107,6 +107,21 @@ def tokens_per_step(pairs: list[tuple[Request, Outcome]], candidates: tuple[floa
     return {t: round(v[0] / v[1], 4) for t, v in sorted(acc.items()) if v[1]}
 
 
+def speeds_by_task(pairs: list[tuple[Request, Outcome]], tps: dict[float, float]) -> dict[str, list[float]]:
+    """Each served request that ran at one measured τ: its own tokens per step ÷ the pooled figure at
+    that τ, by task. A path prompt's open moves commit one at a time, a cum prompt's copied digits in
+    bulk: the same mean hides requests twice as slow as it, and under a deadline they are the misses."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for w, o in pairs:
+        if o.kind != SERVED or o.threshold_mean is None or not o.steps:
+            continue
+        tau = round(o.threshold_mean, TAU_DIGITS)
+        pooled = next((v for t, v in tps.items() if abs(t - tau) < 1e-9), None)
+        if pooled:
+            out[w.shot.task].append(round(w.sim.output_len / o.steps / pooled, 4))
+    return {task: sorted(v) for task, v in sorted(out.items())}
+
+
 def accuracy_by_tau(pairs: list[tuple[Request, Outcome]], candidates: tuple[float, ...],
                     min_count: int = 20) -> dict[float, float]:
     """Measured answer accuracy at each τ (requests that ran at one τ), where at least ``min_count``."""

@@ -12,7 +12,7 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning
-from tooling.experiment_metrics import accuracy_by_tau, step_overhead_s, summarize_run, tokens_per_step
+from tooling.experiment_metrics import accuracy_by_tau, speeds_by_task, step_overhead_s, summarize_run, tokens_per_step
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
 
@@ -102,12 +102,38 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
         runs.append(rec)
         with (out / "runs.jsonl").open("a") as f:  # kept if a later run fails or the sweep is stopped
             f.write(json.dumps(rec, sort_keys=True) + "\n")
+        save_outcomes(run_dir, live.outcomes)
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
 
 
 Pairs = list[tuple[RunKey, Request, Outcome]]
+OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
+
+
+def save_outcomes(run_dir: Path, outcomes: list[Outcome]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / OUTCOMES).write_text("".join(json.dumps(asdict(o), sort_keys=True) + "\n" for o in outcomes))
+
+
+def load_sweep(out: Path, spec: ExperimentSpec, workloads: dict[float, list[Request]]) -> tuple[list[dict], Pairs]:
+    """The runs and outcomes a finished sweep in ``out`` saved, checked against the spec given now."""
+    saved = out / "experiment.json"
+    if saved.exists() and json.loads(saved.read_text())["config"] != spec.config():
+        raise ValueError(f"{saved} was run with other settings than these: give the sweep's own options")
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    pairs: Pairs = []
+    for rec in runs:
+        if rec["rps"] not in workloads or rec["policy"] not in spec.policies:
+            raise ValueError(f"{out}: a run of {rec['policy']} at {rec['rps']} req/s is not in this sweep")
+        path = Path(rec["run_dir"]) / OUTCOMES
+        if not path.exists():
+            raise ValueError(f"{path} is missing: this sweep was run before outcomes were saved")
+        outcomes = [Outcome(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        key = RunKey(rec["repeat"], rec["rps"], rec["policy"])
+        pairs += [(key, w, o) for w, o in zip(workloads[key.rps], outcomes, strict=True)]
+    return runs, pairs
 
 
 def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict],
@@ -115,10 +141,12 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
     measured live and the steps scaled to the live ones at the lowest rate (calibrate)."""
     from tooling.experiment_sim import (SimSetup, measured_effects, profile_cost, quality_model, scaled,
-                                        simulate_point, summary)
+                                        simulate_point, speed_summary, summary, with_speeds)
 
     served = [(w, o) for _, w, o in pairs]
     tps = tokens_per_step(served, spec.candidates)
+    speeds = speeds_by_task(served, tps)
+    workloads = {rps: with_speeds(reqs, speeds, spec.workload.seed) for rps, reqs in workloads.items()}
     quality, quality_src = quality_model(spec.quality, accuracy_by_tau(served, spec.candidates))
     setup = SimSetup(spec.workers, profile_cost(profile_path(spec.model_dir, "cpu")), spec.workload.block_len,
                      quality, tps, spec.workload.mean_slo_s(), spec.workload.seed)
@@ -134,7 +162,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     sim = {(rps, p): summary(simulate_point(p, [r.sim for r in workloads[rps]], setup, effects[rps]),
                              spec.workload.duration_s)
            for rps in spec.rates for p in spec.policies}
-    measured = {"tokens_per_step": tps, "quality_source": quality_src,
+    measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds), "quality_source": quality_src,
                 "quality": quality.points if quality is not None else None, "profile_scale": scale,
                 "step_overhead_s": overhead,
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
@@ -142,14 +170,21 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     return sim, measured
 
 
-def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]]) -> dict:
+def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]],
+                   resimulate: bool = False) -> dict:
+    """The sweep, or with ``resimulate`` the simulated side and the report again on the live runs a
+    finished sweep saved in ``out`` (after a change to the simulator)."""
     from tooling.experiment_report import points, table_lines, write_json, write_plots
 
     workloads = {rps: build_workload(spec.workload, rps, encode) for rps in spec.rates}
-    warmup = warmup_shots(spec.workload, WARMUP_PROBLEMS, encode)
-    log(f"experiment: {len(spec.policies)} policies × {len(spec.rates)} rates × {spec.repeats} repeats, "
-        f"{spec.workers} workers, {spec.workload.duration_s:g} s each; out {out}")
-    runs, pairs = run_live_sweep(spec, workloads, warmup, out, log)
+    if resimulate:
+        runs, pairs = load_sweep(out, spec, workloads)
+        log(f"experiment: simulating again the {len(runs)} live runs saved in {out}")
+    else:
+        warmup = warmup_shots(spec.workload, WARMUP_PROBLEMS, encode)
+        log(f"experiment: {len(spec.policies)} policies × {len(spec.rates)} rates × {spec.repeats} repeats, "
+            f"{spec.workers} workers, {spec.workload.duration_s:g} s each; out {out}")
+        runs, pairs = run_live_sweep(spec, workloads, warmup, out, log)
     sim, measured = run_sim(spec, workloads, runs, pairs)
     report = {"config": spec.config(), "measured": measured, "runs": runs,
               "points": points(runs, sim, {r: len(w) for r, w in workloads.items()})}

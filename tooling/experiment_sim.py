@@ -6,8 +6,9 @@ the live-cluster effects measured in the live runs (shared/sim/effects.py)."""
 from __future__ import annotations
 
 import json
+import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.config import SchedulerConfig, WorkerConfig
@@ -19,6 +20,7 @@ from shared.sim.effects import ClusterEffects
 from shared.sim.engine import SimResult, simulate
 from shared.sim.report import summarize
 from shared.sim.workload import SimRequest
+from tooling.experiment_workload import Request
 
 SIM_CONFIG = "tp1"  # the simulator's name for the workers' one configuration
 
@@ -76,6 +78,24 @@ def measured_effects(runs: list[dict], cores: float) -> dict[float, ClusterEffec
                                   cpu_cores=cores, service_cores=statistics.median(busy) if busy else 0.0,
                                   cost_quantile=sc.cost_quantile)
     return out
+
+
+def with_speeds(requests: list[Request], speeds: dict[str, list[float]], seed: int) -> list[Request]:
+    """Each request with a decoding speed drawn from those measured live for its task (seeded by its id,
+    the same draw for every policy); a task never measured keeps the mean speed."""
+    out = []
+    for r in requests:
+        pool = speeds.get(r.shot.task)
+        speed = random.Random(f"{seed}/{r.sim.request_id}").choice(pool) if pool else 1.0
+        out.append(replace(r, sim=replace(r.sim, speed=speed)))
+    return out
+
+
+def speed_summary(speeds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per task: how many requests were measured and their speeds' p10 / p50 / p90."""
+    def q(v: list[float], f: float) -> float:
+        return v[min(len(v) - 1, int(f * len(v)))]
+    return {t: {"n": len(v), "p10": q(v, 0.1), "p50": q(v, 0.5), "p90": q(v, 0.9)} for t, v in speeds.items() if v}
 
 
 def sim_kwargs(policy: str, global_slo_s: float) -> dict:

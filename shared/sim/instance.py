@@ -2,7 +2,8 @@
 
 The τ choice is ``shared.policy.threshold.choose_threshold`` (the worker's own function). Step latency
 comes from the ground-truth cost model; tokens committed per step are drawn around the ground-truth
-tokens-per-step of the chosen τ (integer part plus a Bernoulli on the fraction), capped by the block.
+tokens-per-step of the chosen τ times the request's own speed (integer part plus a Bernoulli on the
+fraction), capped by the block.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class SimReq:
     output_len: int
     block_len: int
     min_threshold: float
+    speed: float = 1.0  # × the ground-truth tokens per step (SimRequest.speed)
     deadline_s: float = 0.0  # the one the policy plans against (from the placement)
     cap: float = 1.0
     committed: int = 0
@@ -88,7 +90,7 @@ class SimInstance:
         """Commit tokens; returns (requests now at a block boundary, finished requests)."""
         boundary, finished = [], []
         for r in self.in_step:
-            mean = truth_tps.tokens_per_step(r.tau)
+            mean = truth_tps.tokens_per_step(r.tau) * r.speed
             k = int(mean) + (1 if rng.random() < mean - int(mean) else 0)
             k = max(1, min(k, r.block_len - r.block_done, r.output_len - r.committed))
             if r.needs_refresh:

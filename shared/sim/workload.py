@@ -51,6 +51,9 @@ class SimRequest:
     priority: int = 0
     min_threshold: float = 0.0
     cls: str = "default"
+    # this prompt's tokens per step relative to the workload's mean at the same τ: prompts of one task
+    # suite decode at different speeds (a copied digit commits in bulk, an open move one at a time)
+    speed: float = 1.0
 
 
 @dataclass(slots=True, frozen=True)
