@@ -14,7 +14,7 @@ from shared.sim.effects import ClusterEffects
 from shared.sim.engine import simulate
 from shared.sim.runner import SimSpec, workload_rows
 from shared.sim.workload import SimRequest, SloClass, load_trace
-from tooling.experiment_metrics import aggregate, spread, summarize_run, tokens_per_step
+from tooling.experiment_metrics import aggregate, speeds_by_task, spread, summarize_run, tokens_per_step
 from tooling.experiment_report import points, write_json, write_plots
 from tooling.experiment_run import ExperimentSpec, RunKey, run_sim, sweep_order
 from tooling.experiment_workload import WorkloadSpec, build_workload, slo_classes, window_rows
@@ -89,10 +89,10 @@ def test_canvas_is_clipped_to_the_context_and_tedi_gets_the_mean_slo():
 
 
 # --- metrics and aggregation -------------------------------------------------------------------------------
-def _req(i: int, cls: str = "default", out: int = 32) -> object:
+def _req(i: int, cls: str = "default", out: int = 32, task: str = "add") -> object:
     from tooling.experiment_workload import Request
     from tooling.loadgen import Shot
-    return Request(Shot(i * 0.1, "1+1=", "2", "add", out, {"slo_ms": 400}),
+    return Request(Shot(i * 0.1, "1+1=", "2", task, out, {"slo_ms": 400}),
                    SimRequest(f"r{i:06d}", i * 0.1, 4, out, 0.4, 0, 0.0, cls))
 
 
@@ -120,6 +120,31 @@ def test_tokens_per_step_pools_requests_that_ran_at_one_tau():
     work = [_req(0), _req(1), _req(2)]
     outs = [_served(0.1, True, True, 0.9, 8), _served(0.1, True, True, 0.9, 4), _served(0.1, True, True, 0.73, 2)]
     assert tokens_per_step(list(zip(work, outs)), (0.9, 0.8, 0.7)) == {0.9: round(64 / 12, 4)}
+
+
+def test_each_task_keeps_the_speeds_its_requests_decoded_at():
+    work = [_req(0, task="cum"), _req(1, task="cum"), _req(2, task="path"), _req(3, task="path")]
+    outs = [_served(0.1, True, True, 0.9, 4), _served(0.1, True, True, 0.9, 4), _served(0.1, True, True, 0.9, 16),
+            _served(0.1, True, True, 0.77, 2)]  # the last ran at no single τ: not a speed sample
+    pairs = list(zip(work, outs))
+    tps = tokens_per_step(pairs, (0.9,))
+    assert tps == {0.9: 4.0}  # 96 tokens in 24 steps
+    assert speeds_by_task(pairs, tps) == {"cum": [2.0, 2.0], "path": [0.5]}
+
+
+def test_simulated_requests_draw_their_task_speed_and_slow_ones_take_more_steps():
+    from tooling.experiment_sim import with_speeds
+    work = [_req(i, task="cum" if i % 2 else "path") for i in range(6)]
+    drawn = with_speeds(work, {"cum": [2.0], "path": [0.5, 0.5]}, seed=1)
+    assert [r.sim.speed for r in drawn] == [0.5, 2.0] * 3
+    assert with_speeds(work, {}, seed=1)[0].sim.speed == 1.0  # a task never measured: the mean
+    from dataclasses import replace
+    slow, fast = (replace(r, speed=v) for r, v in ((_lone()[0], 0.5), (_lone()[0], 2.0)))
+    steps = {}
+    for r in (slow, fast):
+        (res,) = simulate("fcfs", [r], ["tp1"], "tiny-cpu", 0, block_len=8, truth_tps={0.9: 4.0}).requests
+        steps[r.speed] = res.refresh_steps + res.reuse_steps
+    assert steps == {0.5: 16, 2.0: 4}  # 32 tokens at 2 and at 8 a step (blocks of 8)
 
 
 def _run(policy: str, rps: float, repeat: int, att: float | None, refused: int = 0) -> dict:
@@ -224,10 +249,10 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
     from tooling import experiment
     p = argparse.ArgumentParser()
     experiment.add_arguments(p)
-    args = p.parse_args(["--policies", "fcfs,dilaserve", "--rates", "3", "--repeats", "1", "--duration", "2",
-                         "--workers", "1", "--warmup-s", "0.5", "--trace", "poisson", "--slo-ms", "5000",
-                         "--tasks", "add,sub", "--timeout", "60", "--out-dir", str(tmp_path)])
-    assert experiment.main(args) == 0
+    argv = ["--policies", "fcfs,dilaserve", "--rates", "3", "--repeats", "1", "--duration", "2",
+            "--workers", "1", "--warmup-s", "0.5", "--trace", "poisson", "--slo-ms", "5000",
+            "--tasks", "add,sub", "--timeout", "60", "--out-dir", str(tmp_path)]
+    assert experiment.main(p.parse_args(argv)) == 0
     data = json.loads((tmp_path / "experiment.json").read_text())
     (point,) = data["points"]
     assert set(point["policies"]) == {"fcfs", "dilaserve"}
@@ -235,3 +260,9 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         assert v["live"]["slo_attainment"]["n"] == 1 and 0.0 <= v["live"]["slo_attainment"]["mean"] <= 1.0
         assert 0.0 <= v["sim"]["slo_attainment"] <= 1.0
     assert len(data["runs"]) == 2 and (tmp_path / "attainment_vs_rate.png").exists()
+    # the saved runs simulated again: the same simulated side, and a refusal for other settings
+    assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
+    again = json.loads((tmp_path / "experiment.json").read_text())
+    assert [x["policies"] for x in again["points"]] == [x["policies"] for x in data["points"]]
+    with pytest.raises(SystemExit, match="other settings"):
+        experiment.main(p.parse_args(argv + ["--resimulate", "--slo-ms", "4000"]))
