@@ -107,16 +107,22 @@ def tokens_per_step(pairs: list[tuple[Request, Outcome]], candidates: tuple[floa
     return {t: round(v[0] / v[1], 4) for t, v in sorted(acc.items()) if v[1]}
 
 
+def single_tau(o: Outcome, candidates: tuple[float, ...]) -> float | None:
+    """The candidate τ a served request ran at throughout (its mean τ is that candidate), else None."""
+    if o.kind != SERVED or o.threshold_mean is None:
+        return None
+    tau = round(o.threshold_mean, TAU_DIGITS)
+    return next((c for c in candidates if abs(tau - c) < 1e-9), None)
+
+
 def speeds_by_task(pairs: list[tuple[Request, Outcome]], tps: dict[float, float]) -> dict[str, list[float]]:
     """Each served request that ran at one measured τ: its own tokens per step ÷ the pooled figure at
     that τ, by task. A path prompt's open moves commit one at a time, a cum prompt's copied digits in
     bulk: the same mean hides requests twice as slow as it, and under a deadline they are the misses."""
     out: dict[str, list[float]] = defaultdict(list)
     for w, o in pairs:
-        if o.kind != SERVED or o.threshold_mean is None or not o.steps:
-            continue
-        tau = round(o.threshold_mean, TAU_DIGITS)
-        pooled = next((v for t, v in tps.items() if abs(t - tau) < 1e-9), None)
+        tau = single_tau(o, tuple(tps))
+        pooled = tps.get(tau) if tau is not None and o.steps else None
         if pooled:
             out[w.shot.task].append(round(w.sim.output_len / o.steps / pooled, 4))
     return {task: sorted(v) for task, v in sorted(out.items())}
