@@ -66,17 +66,29 @@ class AdoptedProc:
         return worker_pid_matches(self.pid, self.name)
 
 
-def worker_pid_matches(pid: int, worker_id: str) -> bool:
+def worker_pid_matches(pid: int, worker_id: str, exec_wait_s: float = 1.0) -> bool:
     """Is ``pid`` a live (non-zombie) process whose command line carries ``--worker-id worker_id``?"""
+    end = time.monotonic() + exec_wait_s
+    while True:
+        argv = _live_argv(pid)
+        # an empty command line on a live process: exec is still setting up its arguments (the parent's
+        # Popen returns once the close-on-exec pipe closes, a moment before); look again shortly
+        if argv != [""] or time.monotonic() >= end:
+            break
+        time.sleep(0.01)
+    return any(a == "--worker-id" and b == worker_id for a, b in zip(argv, argv[1:]))
+
+
+def _live_argv(pid: int) -> list[str]:
+    """The command line of ``pid`` ([] if it is gone or a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                return False
+                return []
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().decode(errors="replace").split("\0")
+            return f.read().decode(errors="replace").split("\0")
     except (OSError, IndexError):
-        return False
-    return any(a == "--worker-id" and b == worker_id for a, b in zip(argv, argv[1:]))
+        return []
 
 
 def _exited(proc, timeout_s: float) -> bool:
