@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from shared.sim.effects import ClusterEffects
 from tooling.experiment_sim import SimSetup, scaled, simulate_point, step_scale
@@ -38,8 +38,10 @@ def speed_warning(runs: list[dict], limit: float = 2.0) -> str | None:
             f"profile, runs[].slowdown_vs_profile): live differences may be the machine's, not the policies'")
 
 
-CALIBRATION_ROUNDS = 4  # fixed-point rounds; a slower step changes the batches, hence the step times
-CALIBRATION_TOLERANCE = 0.02
+CALIBRATION_RANGE = (0.25, 8.0)  # the factors searched: a machine 4× faster to 8× slower than the profile
+CALIBRATION_STEP = 1.25  # the scan's step from 1 to the first crossing
+CALIBRATION_ROUNDS = 8  # bisection halvings of that step in log space: the factor to within ≈ 0.1 %
+CALIBRATION_TOLERANCE = 0.01
 
 
 def calibrate(low: float, policies: list[str], workloads: Workloads, pairs: Pairs, setup: SimSetup,
@@ -47,23 +49,52 @@ def calibrate(low: float, policies: list[str], workloads: Workloads, pairs: Pair
     """The factor on the profile at which the simulated forward time of the requests at the lowest rate
     matches the live one (median over policies): how much slower than the profile this machine's steps
     run for reasons outside the cluster. None: nothing was served in both."""
-    scales = []
-    for policy in policies:
-        fwd = live_forward(pairs, low, policy)
-        factor: float | None = 1.0
-        for _ in range(CALIBRATION_ROUNDS):
-            res = simulate_point(policy, [r.sim for r in workloads[low]],
-                                 replace(setup, cost=scaled(setup.cost, factor)), effects[low])
-            ratio = step_scale(fwd, res)
-            if ratio is None:
-                factor = None if factor == 1.0 else factor
-                break
-            factor *= ratio
-            if abs(ratio - 1.0) < CALIBRATION_TOLERANCE:
-                break
-        if factor is not None:
-            scales.append(factor)
+    scales = [f for f in (_policy_factor(low, p, workloads, pairs, setup, effects) for p in policies) if f]
     return round(statistics.median(scales), 4) if scales else None
+
+
+def _policy_factor(low: float, policy: str, workloads: Workloads, pairs: Pairs, setup: SimSetup,
+                   effects: dict[float, ClusterEffects]) -> float | None:
+    """The smallest factor from 1 at which live / simulated forward time crosses 1: scanned outward in
+    steps, then bisected. The ratio falls as the factor rises (slower steps, longer queues, larger
+    batches) until the queue saturates; past that the per-step budget shrinks the batches of slower
+    steps and the ratio can rise back through 1, so a fixed point or a bisection over the whole range
+    can land on a second, spurious crossing."""
+    fwd = live_forward(pairs, low, policy)
+
+    def ratio(factor: float) -> float | None:
+        res = simulate_point(policy, [r.sim for r in workloads[low]],
+                             replace(setup, cost=scaled(setup.cost, factor)), effects[low])
+        return step_scale(fwd, res)
+
+    bracket = _first_crossing(ratio)
+    if bracket is None:
+        return None
+    lo, hi = bracket
+    for _ in range(CALIBRATION_ROUNDS):
+        mid = (lo * hi) ** 0.5
+        r = ratio(mid)
+        if r is None or abs(r - 1.0) < CALIBRATION_TOLERANCE:
+            return mid
+        lo, hi = (mid, hi) if r > 1.0 else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def _first_crossing(ratio: Callable[[float], float | None]) -> tuple[float, float] | None:
+    """(lo, hi) one step apart with ratio(lo) ≥ 1 ≥ ratio(hi), nearest to factor 1; the range's end if
+    the ratio never crosses; None if nothing was served in both."""
+    r = ratio(1.0)
+    if r is None:
+        return None
+    up = r > 1.0
+    f, (low_end, high_end) = 1.0, CALIBRATION_RANGE
+    while low_end < f < high_end:
+        nxt = min(f * CALIBRATION_STEP, high_end) if up else max(f / CALIBRATION_STEP, low_end)
+        r = ratio(nxt)
+        if r is None or (r <= 1.0 if up else r >= 1.0):
+            return (f, nxt) if up else (nxt, f)
+        f = nxt
+    return (f, f)
 
 
 def live_forward(pairs: Pairs, rps: float, policy: str, repeat: int | None = None) -> dict[str, list[float]]:
