@@ -32,6 +32,17 @@ def test_light_load_everything_finishes_with_block_structure():
     assert 1.5 < lat < 3.5  # ~85 steps of ~25 ms
 
 
+@pytest.mark.parametrize("tps", [4.47, 7.1, 2.38])
+def test_a_request_takes_output_over_tokens_per_step_steps(tps: float):
+    # a measured tokens per step is tokens ÷ steps: the simulated requests must realise it, block ends
+    # included (per-step draws cut at each block's end took 4 steps per block of 16 at 4.47, not 3.58)
+    reqs = [SimRequest(f"r{i}", i * 5.0, 40, 64, 60.0) for i in range(200)]
+    res = simulate("fcfs", reqs, ["tp1"], "tiny-cpu", seed=3, block_len=16, truth_tps={0.9: tps})
+    steps = sum(r.refresh_steps + r.reuse_steps for r in res.requests)
+    assert sum(r.output_len for r in res.requests) / steps == pytest.approx(tps, rel=0.02)
+    assert all(r.refresh_steps == 4 for r in res.requests)  # one refresh per block of 16
+
+
 def small_spec(**kw):
     base = dict(trace="gamma", gpus=2, duration_s=40.0, seed=1, policies=("fcfs", "tedi", "dilaserve"))
     base.update(kw)

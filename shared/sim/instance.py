@@ -1,9 +1,8 @@
 """A simulated worker instance: continuous step-level batching, refresh/reuse steps, per-request τ.
 
 The τ choice is ``shared.policy.threshold.choose_threshold`` (the worker's own function). Step latency
-comes from the ground-truth cost model; tokens committed per step are drawn around the ground-truth
-tokens-per-step of the chosen τ times the request's own speed (integer part plus a Bernoulli on the
-fraction), capped by the block.
+comes from the ground-truth cost model; each block takes block ÷ (the ground-truth tokens per step of
+the chosen τ × the request's own speed) steps on average (``_block_commit``).
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ class SimReq:
     cap: float = 1.0
     committed: int = 0
     block_done: int = 0  # committed tokens in the current block
+    block_steps_left: int = 0  # steps the current block still takes (drawn: _block_commit)
+    block_mean: float = 0.0  # the tokens per step that draw was made at
     blocks_refreshed: int = 0
     needs_refresh: bool = True
     tau: float = 0.9
@@ -90,9 +91,7 @@ class SimInstance:
         """Commit tokens; returns (requests now at a block boundary, finished requests)."""
         boundary, finished = [], []
         for r in self.in_step:
-            mean = truth_tps.tokens_per_step(r.tau) * r.speed
-            k = int(mean) + (1 if rng.random() < mean - int(mean) else 0)
-            k = max(1, min(k, r.block_len - r.block_done, r.output_len - r.committed))
+            k = _block_commit(r, truth_tps.tokens_per_step(r.tau) * r.speed, rng)
             if r.needs_refresh:
                 r.refresh_steps += 1
                 r.blocks_refreshed += 1
@@ -123,3 +122,19 @@ class SimInstance:
         tps = [TpsSample(t, v[0], v[1]) for t, v in sorted(self.tps.items())]
         self.tps = {}
         return steps, tps
+
+
+def _block_commit(r: SimReq, mean: float, rng: random.Random) -> int:
+    """Tokens ``r`` commits this step. A measured tokens per step is a ratio of totals (tokens ÷ steps),
+    so a block of B tokens takes B / mean steps on average: the number of steps is drawn (stochastic
+    rounding) when the block starts or τ changes, and the block's tokens are spread over them. Drawing
+    each step's tokens around the mean and cutting the last one at the block's end instead takes
+    ceil-like step counts: 4 steps for a block of 16 at 4.47 tokens per step (3.58 asked), 3 at 7.1 (2.25)."""
+    left = min(r.block_len - r.block_done, r.output_len - r.committed)
+    if r.block_steps_left <= 0 or mean != r.block_mean:
+        s = left / mean
+        r.block_steps_left = max(1, min(left, int(s) + (1 if rng.random() < s - int(s) else 0)))
+        r.block_mean = mean
+    k = -(-left // r.block_steps_left)
+    r.block_steps_left -= 1
+    return k
