@@ -55,8 +55,8 @@ def calibrate(low: float, policies: list[str], workloads: Workloads, pairs: Pair
 
 def _policy_factor(low: float, policy: str, workloads: Workloads, pairs: Pairs, setup: SimSetup,
                    effects: dict[float, ClusterEffects]) -> float | None:
-    """The smallest factor from 1 at which live / simulated forward time crosses 1: scanned outward in
-    steps, then bisected. The ratio falls as the factor rises (slower steps, longer queues, larger
+    """The factor nearest to 1 at which live / simulated forward time crosses 1: scanned outward from 1
+    in steps, then bisected. The ratio falls as the factor rises (slower steps, longer queues, larger
     batches) until the queue saturates; past that the per-step budget shrinks the batches of slower
     steps and the ratio can rise back through 1, so a fixed point or a bisection over the whole range
     can land on a second, spurious crossing."""

@@ -132,7 +132,7 @@ def _block_commit(r: SimReq, mean: float, rng: random.Random) -> int:
     ceil-like step counts: 4 steps for a block of 16 at 4.47 tokens per step (3.58 asked), 3 at 7.1 (2.25)."""
     left = min(r.block_len - r.block_done, r.output_len - r.committed)
     if r.block_steps_left <= 0 or mean != r.block_mean:
-        s = left / mean
+        s = left / max(mean, 1e-9)
         r.block_steps_left = max(1, min(left, int(s) + (1 if rng.random() < s - int(s) else 0)))
         r.block_mean = mean
     k = -(-left // r.block_steps_left)
