@@ -242,6 +242,16 @@ def test_simulated_side_recovers_a_known_step_slowdown(rps: float):
     assert runs[0]["slowdown_vs_profile"] > 3.0  # on the unscaled profile the batches are smaller
 
 
+def test_step_spread_is_relative_to_steps_of_the_same_size():
+    from tooling.experiment_metrics import step_spread
+    # two sizes 20× apart, each with latencies of 0.5×, 1× and 1.5× its own median: spread as at one size
+    samples = [(t, base * f) for t, base in ((16, 0.01), (320, 0.2)) for f in (0.5, 1.0, 1.5) for _ in range(4)]
+    sp = step_spread(samples)
+    assert sp["n"] == 24 and sp["p10"] == 0.5 and sp["p50"] == 1.0 and sp["p90"] == 1.5
+    assert sp["cv"] == pytest.approx((2 / 3) ** 0.5 * 0.5, rel=1e-3)
+    assert step_spread([(16, 0.01)] * 3) == {"n": 0}  # too few steps of a size to have a median
+
+
 def test_a_machine_whose_speed_changed_between_runs_is_flagged():
     from tooling.experiment_calibrate import speed_warning
     assert speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 1.5}]) is None
@@ -264,6 +274,10 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         assert v["live"]["slo_attainment"]["n"] == 1 and 0.0 <= v["live"]["slo_attainment"]["mean"] <= 1.0
         assert 0.0 <= v["sim"]["slo_attainment"] <= 1.0
     assert len(data["runs"]) == 2 and (tmp_path / "attainment_vs_rate.png").exists()
+    for run in data["runs"]:  # the workers' steps, heard on their heartbeats during the replay
+        sp = run["step_spread"]
+        assert sp["n"] > 5 and sp["p10"] <= sp["p50"] <= sp["p90"] and sp["cv"] >= 0, sp
+        assert len(json.loads((Path(run["run_dir"]) / "steps.json").read_text())) >= sp["n"]
     # the saved runs simulated again: the same simulated side, and a refusal for other settings
     assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
     again = json.loads((tmp_path / "experiment.json").read_text())

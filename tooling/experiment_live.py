@@ -25,6 +25,7 @@ class LiveRun:
     cpu_s: dict[str, float] = field(default_factory=dict)  # process group → CPU seconds during the replay
     run_dir: str = ""
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of start, warm-up, replay, stop
+    steps: list[tuple[int, float]] = field(default_factory=list)  # (tokens, latency s) of the workers' steps
 
 
 def policy_env(policy: str, global_slo_s: float, block_len: int) -> dict[str, str]:
@@ -72,6 +73,28 @@ async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Ou
         return list(outcomes), time.perf_counter() - start
 
 
+async def replay_with_steps(url: str, nats_url: str, shots: list[Shot],
+                            timeout_s: float) -> tuple[list[Outcome], float, list[tuple[int, float]]]:
+    """``replay``, while the workers' heartbeats are heard: the steps they report (tokens, latency)."""
+    from shared import subjects
+    from shared.schemas.cluster import WorkerHeartbeat
+    from shared.transport.bus import Bus
+
+    steps: list[tuple[int, float]] = []
+
+    async def on_heartbeat(hb: WorkerHeartbeat, headers: dict[str, str]) -> None:
+        steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
+
+    bus = await Bus.connect(nats_url, "experiment")
+    sub = await bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, on_heartbeat)
+    try:
+        outcomes, wall = await replay(url, shots, timeout_s)
+    finally:
+        await sub.unsubscribe()
+        await bus.close()
+    return outcomes, wall, steps
+
+
 async def warm_up(url: str, shots: list[Shot], concurrency: int, duration_s: float,
                   timeout_s: float) -> list[Outcome]:
     """Closed loop, ``concurrency`` clients, for ``duration_s``: the workers' first forwards, and the
@@ -103,11 +126,12 @@ def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[S
         warm = asyncio.run(warm_up(cluster.url, warmup, workers, warmup_s, timeout_s))
         marks.append(time.perf_counter())
         before = cpu_by_group(cluster)
-        outcomes, wall = asyncio.run(replay(cluster.url, [r.shot for r in workload], timeout_s))
+        outcomes, wall, steps = asyncio.run(replay_with_steps(cluster.url, cluster.nats_url,
+                                                              [r.shot for r in workload], timeout_s))
         after = cpu_by_group(cluster)
         marks.append(time.perf_counter())
     finally:
         cluster.stop()
     marks.append(time.perf_counter())
     phases = {k: round(b - a, 3) for k, a, b in zip(("start", "warmup", "replay", "stop"), marks, marks[1:])}
-    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases)
+    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases, steps)

@@ -157,3 +157,22 @@ def median_part(runs: list[dict], key: str) -> float:
     vals = [r["warmup_overhead_parts_p50_ms"].get(key) for r in runs]
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) / 1000.0 if vals else 0.0
+
+
+STEP_BIN = 1.1  # token counts within this factor of each other are "the same step" for the spread
+
+
+def step_spread(samples: list[tuple[int, float]]) -> dict:
+    """How much the live steps vary at a given size: each step's latency ÷ the median of the steps with
+    a token count in the same ×1.1 bin, pooled; its p10 / p50 / p90 and coefficient of variation. The
+    simulator's ground truth prices a step by its token count alone, and the live cost models refit to
+    the 0.9 quantile of these steps, so a wide spread is planned for live and not simulated."""
+    bins: dict[int, list[float]] = defaultdict(list)
+    for tokens, latency_s in samples:
+        if tokens > 0 and latency_s > 0:
+            bins[int(math.log(tokens) / math.log(STEP_BIN))].append(latency_s)
+    ratios = sorted(x / statistics.median(v) for v in bins.values() if len(v) >= 5 for x in v)
+    if len(ratios) < 2:
+        return {"n": len(ratios)}
+    return {"n": len(ratios), "p10": _r(percentile(ratios, 10), 4), "p50": _r(percentile(ratios, 50), 4),
+            "p90": _r(percentile(ratios, 90), 4), "cv": _r(statistics.pstdev(ratios) / statistics.mean(ratios), 4)}

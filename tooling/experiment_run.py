@@ -12,7 +12,8 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning
-from tooling.experiment_metrics import accuracy_by_tau, speeds_by_task, step_overhead_s, summarize_run, tokens_per_step
+from tooling.experiment_metrics import (accuracy_by_tau, speeds_by_task, step_overhead_s, step_spread, summarize_run,
+                                        tokens_per_step)
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
 
@@ -72,7 +73,7 @@ def run_record(key: RunKey, index: int, workload: list[Request], live, duration_
             "live": summarize_run(workload, live.outcomes, duration_s), "wall_s": round(live.wall_s, 3),
             "warmup_requests": len(live.warmup), "warmup_overhead_parts_p50_ms": overhead_parts(warm_ok),
             "cpu_cores": {k: round(v / wall, 4) for k, v in live.cpu_s.items()}, "run_dir": live.run_dir,
-            "phases_s": live.phases_s}
+            "phases_s": live.phases_s, "step_spread": step_spread(live.steps)}
 
 
 def progress_line(i: int, n: int, rec: dict, took_s: float) -> str:
@@ -103,6 +104,7 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
         with (out / "runs.jsonl").open("a") as f:  # kept if a later run fails or the sweep is stopped
             f.write(json.dumps(rec, sort_keys=True) + "\n")
         save_outcomes(run_dir, live.outcomes)
+        (run_dir / STEPS).write_text(json.dumps(live.steps))
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
@@ -110,6 +112,7 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
 
 Pairs = list[tuple[RunKey, Request, Outcome]]
 OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
+STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
 
 
 def save_outcomes(run_dir: Path, outcomes: list[Outcome]) -> None:
