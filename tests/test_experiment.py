@@ -242,6 +242,20 @@ def test_simulated_side_recovers_a_known_step_slowdown(rps: float):
     assert runs[0]["slowdown_vs_profile"] > 3.0  # on the unscaled profile the batches are smaller
 
 
+def test_each_rate_is_simulated_with_its_own_step_overhead():
+    # the worker's time per step outside the forward grows with the batch: measured per rate
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0, 4.0], repeats=1, sim_cores=2.0, workers=1,
+                          workload=wspec(duration_s=10.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
+    work = {rps: build_workload(spec.workload, rps, encode) for rps in spec.rates}
+    extra_ms = {2.0: 5.0, 4.0: 20.0}  # per step (5 steps a request)
+    pairs = [(RunKey(0, rps, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,
+                                                 timings_ms={"worker_forward_ms": 50.0,
+                                                             "worker_ms": 50.0 + 5 * extra_ms[rps]}))
+             for rps in spec.rates for w in work[rps]]
+    _, measured = run_sim(spec, work, [_run("fcfs", rps, 0, 1.0) for rps in spec.rates], pairs)
+    assert {rps: e["step_overhead_s"] for rps, e in measured["effects_by_rps"].items()} == {2.0: 0.005, 4.0: 0.02}
+
+
 def test_step_spread_is_relative_to_steps_of_the_same_size():
     from tooling.experiment_metrics import step_spread
     # two sizes 20× apart, each with latencies of 0.5×, 1× and 1.5× its own median: spread as at one size

@@ -154,9 +154,10 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     setup = SimSetup(spec.workers, profile_cost(profile_path(spec.model_dir, "cpu")), spec.workload.block_len,
                      quality, tps, spec.workload.mean_slo_s(), spec.workload.seed)
     effects = measured_effects(runs, spec.sim_cores)
-    low = min(spec.rates)
-    overhead = step_overhead_s([o for key, _, o in pairs if key.rps == low])
-    effects = {rps: replace(e, step_overhead_s=overhead or 0.0) for rps, e in effects.items()}
+    # the worker's time per step outside the forward grows with the batch (τ choice, commits and events
+    # per request): measured at each rate, as the services' CPU is
+    overhead = {rps: step_overhead_s([o for key, _, o in pairs if key.rps == rps]) for rps in spec.rates}
+    effects = {rps: replace(e, step_overhead_s=overhead[rps] or 0.0) for rps, e in effects.items()}
     slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
     scale = calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects)
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
@@ -167,7 +168,6 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
            for rps in spec.rates for p in spec.policies}
     measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds), "quality_source": quality_src,
                 "quality": quality.points if quality is not None else None, "profile_scale": scale,
-                "step_overhead_s": overhead,
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
