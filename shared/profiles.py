@@ -71,6 +71,26 @@ def read_profile(path: Path) -> dict | None:
     return data
 
 
+TPS_PRIOR_FILE = "tokens-per-step.json"  # beside the model: its tokens per step per τ, where measured
+
+
+def read_tps_prior(model_dir: Path) -> dict[float, float] | None:
+    """The model's own tokens per step per τ (``{"tokens_per_step": {"0.9": 4.47, …}}``), the step
+    predictors' starting table; None (the built-in LLaDA prior) when the model has none or it is unreadable.
+    A model that commits 4.5 tokens a step at τ 0.9 and 9.6 at τ 0.5, started from LLaDA's 3.02 … 6.58,
+    learns τ 0.9 during the warm-up and sees τ 0.8 and 0.7 as no faster (the table is kept monotone), so
+    under a deadline it drops straight to the floor."""
+    path = model_dir / TPS_PRIOR_FILE
+    try:
+        table = {float(t): float(v) for t, v in json.loads(path.read_text())["tokens_per_step"].items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring %s (%s): the step predictors start from the built-in prior", path, exc)
+        return None
+    return {t: v for t, v in table.items() if 0.0 < t <= 1.0 and v > 0} or None
+
+
 def load_profiles(configured: str, model_dir: Path) -> dict[str, dict]:
     """Device kind → profile: the one ``scheduler.cost_profile`` names, else every one beside the model."""
     paths = [Path(configured)] if configured else sorted(model_dir.glob(PROFILE_GLOB))

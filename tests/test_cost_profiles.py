@@ -81,3 +81,23 @@ def test_worker_service_default_controller_uses_the_configured_policy(monkeypatc
         assert svc.instance_config == "dilaserve-tiny/cpu/tp1-prefix"
     finally:
         svc._forward.shutdown()
+
+
+def test_the_step_predictors_start_from_the_models_own_tokens_per_step(tmp_path):
+    from shared.policy.live import live_core
+    from shared.policy.step_predictor import LLADA_TPS_PRIOR
+    from shared.profiles import read_tps_prior
+
+    shipped = read_tps_prior(SHIPPED_MODEL_DIR)
+    assert shipped is not None and shipped[0.5] > 1.8 * shipped[0.9]  # the tiny model's, not LLaDA's
+    cfg = load_config(env={})
+    control = worker_threshold_control(cfg.scheduler, cfg.worker, worker_instance_config(cfg.worker, "dual"))
+    assert control.predictor.tokens_per_step(0.7) == shipped[0.7]
+    core = live_core("dilaserve", CostModel.tiny_cpu(), tps_prior=shipped)
+    assert core.predictor.tokens_per_step(0.7) == shipped[0.7]
+    # a model without the file, or with a broken one: LLaDA's built-in prior
+    assert read_tps_prior(tmp_path) is None
+    for broken in ("{not json", '{"tokens_per_step": [1, 2]}', '{"tokens_per_step": {"x": 3}}'):
+        (tmp_path / "tokens-per-step.json").write_text(broken)
+        assert read_tps_prior(tmp_path) is None, broken
+    assert live_core("dilaserve", CostModel.tiny_cpu()).predictor.tokens_per_step(0.7) == LLADA_TPS_PRIOR[0.7]

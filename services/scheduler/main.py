@@ -55,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
         from services.scheduler.leader import Election
         from services.scheduler.service import SchedulerService
         from shared.policy.live import live_core
+        from shared.profiles import model_dir, read_tps_prior
         from shared.telemetry import setup_telemetry
         from shared.transport import Bus, Store
         from shared.transport.lease import Lease
@@ -64,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         bus = await Bus.connect(cfg.nats.url, name=sc.scheduler_id)
         store = await Store.from_config(cfg.redis)
         policy = live_core(sc.policy, scheduler_cost_model(cfg), global_slo_s=sc.global_slo_s,
+                           tps_prior=read_tps_prior(model_dir(cfg.worker.model_dir)),
                            drop_expired=sc.drop_expired, budget_step_s=sc.budget_step_s, lc_period_s=sc.lc_period_s,
                            place_safety=sc.place_safety)
         log.info("scheduling policy %s", sc.policy)

@@ -18,7 +18,7 @@ from shared.policy.live import live_cost_model, live_threshold_params
 from shared.policy.step_predictor import StepPredictor
 from shared.policy.threshold import (ThresholdParams, allowed_thresholds, batch_cost, choose_threshold,
                                      planning_deadline_left)
-from shared.profiles import load_profiles, model_dir
+from shared.profiles import load_profiles, model_dir, read_tps_prior
 from shared.schemas.cluster import StepLatencySample, ThresholdTpsSample
 
 MAX_STEP_SAMPLES = 64  # per heartbeat (the newest)
@@ -116,5 +116,6 @@ def worker_threshold_control(sc: SchedulerConfig, wcfg: WorkerConfig, config: In
     profile = load_profiles(sc.cost_profile, model_dir(wcfg.model_dir)).get(config.device)
     cost = live_cost_model(sc.cost_model, config.name, {config.name: profile} if profile else None,
                            sc.cost_quantile)
-    return ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), cost, StepPredictor(), config.name,
+    predictor = StepPredictor(read_tps_prior(model_dir(wcfg.model_dir)))
+    return ThresholdControl(live_threshold_params(sc.policy, sc.global_slo_s), cost, predictor, config.name,
                             wcfg.block_length)

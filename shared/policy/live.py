@@ -45,9 +45,11 @@ def live_policy_kwargs(policy: str, *, drop_expired: bool = True, budget_step_s:
     return kwargs
 
 
-def live_core(policy: str, cost: CostModel, *, global_slo_s: float = 0.0, **settings) -> SchedulerCore:
-    """``settings``: the keywords of ``live_policy_kwargs``."""
-    return make_core(policy, cost, StepPredictor(), global_slo_s=global_slo_s or None,
+def live_core(policy: str, cost: CostModel, *, global_slo_s: float = 0.0,
+              tps_prior: dict[float, float] | None = None, **settings) -> SchedulerCore:
+    """``settings``: the keywords of ``live_policy_kwargs``; ``tps_prior``: the model's own tokens per
+    step per τ (shared/profiles.py ``read_tps_prior``), else the built-in prior."""
+    return make_core(policy, cost, StepPredictor(tps_prior), global_slo_s=global_slo_s or None,
                      **live_policy_kwargs(policy, **settings))
 
 
