@@ -106,3 +106,29 @@ def test_step_predictor_prior_interpolation_and_learning():
         sp.observe(0.9, 40, 10)  # 4 tokens per step measured
     assert sp.tokens_per_step(0.9) == pytest.approx(4.0, rel=0.01)
     assert sp.tokens_per_step(0.5) == pytest.approx(6.58)
+
+
+def test_a_uniformly_slower_machine_moves_the_sizes_not_yet_seen():
+    # The profile of a faster machine; this one runs every step 2× slower, but only small steps have run.
+    profile = [(16, 0.003), (112, 0.009), (512, 0.035), (1024, 0.066)]
+    cm = CostModel({"tp1": profile})
+    assert cm.budget_for("tp1", 0.1) == 1024
+    for _ in range(400):
+        cm.observe("tp1", 16, 0.006)
+    assert cm.latency("tp1", 16) == pytest.approx(0.006, rel=0.02)  # the measured size, as before
+    assert cm.latency("tp1", 1024) > 1.6 * 0.066  # and the rest of the curve with it (2^0.8 ≈ 1.74)
+    assert cm.budget_for("tp1", 0.1) == 512
+    local = CostModel({"tp1": profile}, global_share=0.0)  # a refit of the two bracketing points only
+    for _ in range(400):
+        local.observe("tp1", 16, 0.006)
+    assert local.latency("tp1", 1024) == pytest.approx(0.066) and local.budget_for("tp1", 0.1) == 1024
+
+
+def test_the_shape_is_still_learned_where_it_differs():
+    cm = CostModel({"tp1": [(16, 0.003), (1024, 0.066)]})
+    for k in range(4000):  # small steps as profiled, large ones 1.5× slower
+        cm.observe("tp1", 16, 0.003) if k % 2 else cm.observe("tp1", 1024, 0.099)
+    assert cm.latency("tp1", 16) == pytest.approx(0.003, rel=0.05)
+    assert cm.latency("tp1", 1024) == pytest.approx(0.099, rel=0.05)
+    with pytest.raises(ValueError):
+        CostModel({"tp1": [(16, 0.003)]}, global_share=1.5)

@@ -19,6 +19,13 @@ LLADA8B_GH200_MS = {
 # than any unloaded CPU or GPU run of that model, so budgets start small; heartbeats refit it.
 TINY_CPU_TOKENS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 TINY_CPU_MS = (16.5, 17.3, 31.4, 32.8, 53.6, 104.1, 198.1, 447.2, 1008.5, 1834.8)
+# A step measured slower or faster than predicted mostly says how fast this machine is against the
+# profile (another CPU, a shared one, its clocks), and that holds for every step size alike; so most of
+# each refit step scales the whole curve and the rest corrects the two points around the measured size
+# (the curve's shape). Refitting only those two points left the sizes not yet seen at the profile's
+# speed: a scheduler on a machine 2× slower than its profile, seeing small steps, kept the profile's
+# 1024-token budget where 512 tokens already take 0.1 s, and priced a large batch at half its cost.
+GLOBAL_SHARE = 0.8
 
 
 class PiecewiseLinear:
@@ -52,11 +59,14 @@ class CostModel:
     """``latency(config, tokens)`` in seconds; refits online from measured steps (``observe``)."""
 
     def __init__(self, curves: dict[str, list[tuple[float, float]]], learning_rate: float = 0.05,
-                 quantile: float | None = None):
+                 quantile: float | None = None, global_share: float = GLOBAL_SHARE):
+        if not 0.0 <= global_share <= 1.0:
+            raise ValueError(f"global_share must be in [0, 1], got {global_share}")
         self.curves = {name: PiecewiseLinear(pts) for name, pts in curves.items()}
         self.learning_rate = learning_rate
         # None: refit toward the mean step latency; q in (0, 1): toward its q-quantile (see _nudge)
         self.quantile = quantile
+        self.global_share = global_share  # of each refit step, the part that scales the whole curve
 
     @property
     def configs(self) -> list[str]:
@@ -73,19 +83,24 @@ class CostModel:
         return max(prefix, self.latency(config, tokens))
 
     def observe(self, config: str, tokens: float, latency_s: float) -> None:
-        """Nudge the two points bracketing ``tokens`` toward a measured step (weighted by position)."""
+        """Move the prediction at ``tokens`` toward a measured step: ``global_share`` of the step scales
+        the whole curve, the rest nudges the two points bracketing ``tokens`` (weighted by position)."""
         curve = self.curves.get(config)
         if curve is None:
             self.curves[config] = PiecewiseLinear([(tokens, latency_s)])
             return
-        step = self._nudge(curve(tokens), latency_s)
+        predicted = curve(tokens)
+        step = self._nudge(predicted, latency_s)
         if len(curve.xs) == 1:
             curve.ys[0] += step
             return
+        factor = 1.0 + self.global_share * step / max(predicted, 1e-9)
+        curve.ys = [y * factor for y in curve.ys]  # the prediction at tokens has moved global_share × step
+        local = (1.0 - self.global_share) * step
         i, w = curve.segment(tokens)
         w = min(w, 1.0)
-        curve.ys[i] += (1.0 - w) * step
-        curve.ys[i + 1] += w * step
+        curve.ys[i] += (1.0 - w) * local
+        curve.ys[i + 1] += w * local
 
     def _nudge(self, predicted_s: float, measured_s: float) -> float:
         """Least squares toward the measurement; with ``quantile`` q, a pinball-loss step instead (up by
@@ -129,7 +144,7 @@ class CostModel:
 
     def copy(self) -> "CostModel":
         return CostModel({n: list(zip(c.xs, c.ys)) for n, c in self.curves.items()}, self.learning_rate,
-                         self.quantile)
+                         self.quantile, self.global_share)
 
     # --- constructors -------------------------------------------------------------------------------
     @classmethod

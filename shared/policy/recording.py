@@ -22,6 +22,7 @@ def core_snapshot(core: SchedulerCore) -> dict[str, Any]:
     return {"kind": "start", "params": asdict(core.params),
             "cost": {n: [list(p) for p in zip(c.xs, c.ys)] for n, c in core.cost.curves.items()},
             "cost_learning_rate": core.cost.learning_rate, "cost_quantile": core.cost.quantile,
+            "cost_global_share": core.cost.global_share,
             "tps": {str(t): v for t, v in core.predictor.tps.items()},
             "tps_learning_rate": core.predictor.learning_rate}
 

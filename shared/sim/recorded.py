@@ -24,7 +24,7 @@ def core_from_snapshot(rec: dict[str, Any]) -> SchedulerCore:
     th["candidates"] = tuple(th["candidates"])
     params = CoreParams(**p, threshold=ThresholdParams(**th))
     cost = CostModel({n: [tuple(x) for x in pts] for n, pts in rec["cost"].items()}, rec["cost_learning_rate"],
-                     rec["cost_quantile"])
+                     rec["cost_quantile"], rec.get("cost_global_share", 0.0))  # older records: a purely local refit
     predictor = StepPredictor({float(t): v for t, v in rec["tps"].items()}, rec["tps_learning_rate"])
     predictor.set_table({float(t): v for t, v in rec["tps"].items()})  # exactly as recorded (no prior defaults)
     return SchedulerCore(params, cost, predictor)
