@@ -270,6 +270,20 @@ def test_a_machine_whose_speed_changed_between_runs_is_flagged():
     from tooling.experiment_calibrate import speed_warning
     assert speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 1.5}]) is None
     assert "changed between runs" in speed_warning([{"slowdown_vs_profile": 1.1}, {"slowdown_vs_profile": 3.0}])
+    # with the step samples' own measure, the request-level one (which grows with the queue) is not used
+    steady = [{"slowdown_vs_profile": 1.1, "steps_vs_profile": 2.0}, {"slowdown_vs_profile": 5.0, "steps_vs_profile": 2.2}]
+    assert speed_warning(steady) is None
+    steady[1]["steps_vs_profile"] = 3.5
+    assert "runs[].steps_vs_profile" in speed_warning(steady)
+
+
+def test_steps_are_compared_with_the_profile_at_their_own_size():
+    from tooling.experiment_metrics import steps_vs_profile
+    profile = {16: 0.003, 512: 0.035}.__getitem__
+    # a machine 2× slower at every size, whatever the mix of small and large steps
+    assert steps_vs_profile([(16, 0.006)] * 5 + [(512, 0.07)] * 20, profile) == pytest.approx(2.0)
+    assert steps_vs_profile([(16, 0.006), (512, 0.105), (512, 0.105)], profile) == pytest.approx(3.0)
+    assert steps_vs_profile([], profile) is None
 
 
 # --- one small live run ------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@ is scaled by (calibrate), and each run's own slowdown (slowdowns), for ``dilaser
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_sim import SimSetup, scaled, simulate_point, step_scale
+from tooling.experiment_metrics import STEPS, steps_vs_profile
+from tooling.experiment_sim import SIM_CONFIG, SimSetup, scaled, simulate_point, step_scale
 from tooling.experiment_workload import Request
 from tooling.loadgen import SERVED, Outcome
 
@@ -27,15 +30,31 @@ def slowdowns(rates: list[float], policies: list[str], workloads: Workloads, run
                 if run["rps"] == rps and run["policy"] == policy:
                     s = step_scale(live_forward(pairs, rps, policy, run["repeat"]), res)
                     run["slowdown_vs_profile"] = None if s is None else round(s, 4)
+    for run in runs:
+        run["steps_vs_profile"] = run_steps_vs_profile(Path(run["run_dir"]), setup)
 
 
-def speed_warning(runs: list[dict], limit: float = 2.0) -> str | None:
-    """A line for a person when the runs' slowdowns against the profile differ by more than ``limit``×."""
-    vals = [r["slowdown_vs_profile"] for r in runs if r.get("slowdown_vs_profile")]
+def run_steps_vs_profile(run_dir: Path, setup: SimSetup) -> float | None:
+    """The run's steps (its saved heartbeat samples) against the profile at their own sizes; None for a
+    run saved without them."""
+    path = run_dir / STEPS
+    if not path.is_file():
+        return None
+    return steps_vs_profile(json.loads(path.read_text()), lambda tokens: setup.cost.latency(SIM_CONFIG, tokens))
+
+
+def speed_warning(runs: list[dict], limit: float = 1.5) -> str | None:
+    """A line for a person when the machine ran the model at speeds differing by more than ``limit``×
+    between runs. Measured per step against the profile at the step's size (``steps_vs_profile``), so
+    that bigger batches under load do not read as a slower machine; sweeps saved without step samples
+    fall back to ``slowdown_vs_profile`` (Σ live ÷ Σ simulated forward time of the same requests),
+    which also grows with the queue past saturation."""
+    key = "steps_vs_profile" if sum(1 for r in runs if r.get("steps_vs_profile")) >= 2 else "slowdown_vs_profile"
+    vals = [r[key] for r in runs if r.get(key)]
     if len(vals) < 2 or max(vals) <= limit * min(vals):
         return None
     return (f"warning: the machine's speed changed between runs (steps {min(vals):.1f}–{max(vals):.1f}× the "
-            f"profile, runs[].slowdown_vs_profile): live differences may be the machine's, not the policies'")
+            f"profile, runs[].{key}): live differences may be the machine's, not the policies'")
 
 
 CALIBRATION_RANGE = (0.25, 8.0)  # the factors searched: a machine 4× faster to 8× slower than the profile

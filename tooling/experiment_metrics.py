@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from typing import Callable
 
 from tooling.experiment_workload import Request
 from tooling.loadgen import SERVED, Outcome, outcome_counts, overhead_parts, percentile
@@ -160,6 +161,14 @@ def median_part(runs: list[dict], key: str) -> float:
 
 
 STEP_BIN = 1.1  # token counts within this factor of each other are "the same step" for the spread
+STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
+
+
+def steps_vs_profile(samples: list[tuple[int, float]], profile_latency_s: Callable[[int], float]) -> float | None:
+    """Median over a run's steps of its latency ÷ the profile's at its token count: how fast the machine
+    ran the model in that run, whatever the batches were (None: no steps)."""
+    ratios = [lat / profile_latency_s(int(tok)) for tok, lat in samples if tok > 0 and lat > 0]
+    return _r(statistics.median(ratios), 4) if ratios else None
 
 
 def step_spread(samples: list[tuple[int, float]]) -> dict:

@@ -12,8 +12,8 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning
-from tooling.experiment_metrics import (accuracy_by_tau, speeds_by_task, step_overhead_s, step_spread, summarize_run,
-                                        tokens_per_step)
+from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_task, step_overhead_s, step_spread,
+                                        summarize_run, tokens_per_step)
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
 
@@ -112,7 +112,6 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
 
 Pairs = list[tuple[RunKey, Request, Outcome]]
 OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
-STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
 
 
 def save_outcomes(run_dir: Path, outcomes: list[Outcome]) -> None:
