@@ -215,6 +215,20 @@ def test_shared_cpu_stretches_steps_only_when_oversubscribed():
     assert min(shared) > min(alone) * 1.4
 
 
+def test_step_jitter_makes_the_simulated_policy_plan_for_slower_steps():
+    # live, the cost models refit toward the 0.9 quantile of steps that vary at one size; steps without
+    # spread leave the policy at the truth, steps with the measured spread make it plan ≈ 1.4× slower
+    from shared.sim.engine import Simulator
+    ratio = {}
+    for cv in (0.0, 0.3):
+        sim = Simulator("fcfs", _lone(300, gap=0.03), ["tp1"], "tiny-cpu", 0, block_len=8,
+                        effects=ClusterEffects(cost_quantile=0.9, step_cv=cv))
+        sim.run()
+        ratio[cv] = sim.core.cost.latency("tp1", 512) / sim.truth.latency("tp1", 512)
+    assert ratio[0.0] == pytest.approx(1.0, abs=0.05)
+    assert 1.2 < ratio[0.3] < 1.6
+
+
 @pytest.mark.parametrize("rps", [2.0, 12.0])
 def test_simulated_side_recovers_a_known_step_slowdown(rps: float):
     # at 12 req/s the 3×-slow cluster is near saturation: a slower step also lengthens the queue, and past
@@ -306,6 +320,8 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         sp = run["step_spread"]
         assert sp["n"] > 5 and sp["p10"] <= sp["p50"] <= sp["p90"] and sp["cv"] >= 0, sp
         assert len(json.loads((Path(run["run_dir"]) / "steps.json").read_text())) >= sp["n"]
+        assert 0.2 < run["steps_vs_profile"] < 20  # this machine against the committed profile, per step
+    assert data["measured"]["effects_by_rps"]["3.0"]["step_cv"] > 0  # the simulator draws the live spread
     # the saved runs simulated again: the same simulated side, and a refusal for other settings
     assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
     again = json.loads((tmp_path / "experiment.json").read_text())

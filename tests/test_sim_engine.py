@@ -110,3 +110,16 @@ def test_reject_and_no_drop_switches_are_reported():
     report, _ = run(spec, [(20.0, 2.0)])
     assert report["points"][0]["policies"]["dilaserve"]["dropped"] == 0
     assert report["config"]["dilaserve_drop"] is False
+
+
+def test_step_jitter_has_mean_one_and_the_asked_spread():
+    import random
+    import statistics
+
+    from shared.sim.effects import ClusterEffects
+    e = ClusterEffects(step_cv=0.3)
+    xs = [e.step_factor(random.Random(k)) for k in range(20000)]
+    assert statistics.mean(xs) == pytest.approx(1.0, abs=0.01)
+    assert statistics.pstdev(xs) / statistics.mean(xs) == pytest.approx(0.3, abs=0.01)
+    with pytest.raises(ValueError):
+        ClusterEffects(step_cv=-0.1)

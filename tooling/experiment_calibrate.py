@@ -31,14 +31,14 @@ def slowdowns(rates: list[float], policies: list[str], workloads: Workloads, run
                     s = step_scale(live_forward(pairs, rps, policy, run["repeat"]), res)
                     run["slowdown_vs_profile"] = None if s is None else round(s, 4)
     for run in runs:
-        run["steps_vs_profile"] = run_steps_vs_profile(Path(run["run_dir"]), setup)
+        run["steps_vs_profile"] = run_steps_vs_profile(run.get("run_dir"), setup)
 
 
-def run_steps_vs_profile(run_dir: Path, setup: SimSetup) -> float | None:
+def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:
     """The run's steps (its saved heartbeat samples) against the profile at their own sizes; None for a
     run saved without them."""
-    path = run_dir / STEPS
-    if not path.is_file():
+    path = Path(run_dir or "") / STEPS
+    if not run_dir or not path.is_file():
         return None
     return steps_vs_profile(json.loads(path.read_text()), lambda tokens: setup.cost.latency(SIM_CONFIG, tokens))
 

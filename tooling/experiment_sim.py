@@ -65,18 +65,20 @@ def eval_points(data: dict) -> dict[float, float]:
 
 def measured_effects(runs: list[dict], cores: float) -> dict[float, ClusterEffects]:
     """Per rate: the control-plane delays (median over runs of the idle warm-up's p50 per hop), the CPU
-    the services and load generator used during that rate's replays, and the live periods."""
+    the services and load generator used during that rate's replays, the live periods, and how much
+    the live steps of one size vary (median over runs of ``step_spread``'s coefficient of variation)."""
     from tooling.experiment_metrics import median_part
 
     sc, wc = SchedulerConfig(), WorkerConfig()
     delays = dict(arrival_delay_s=median_part(runs, "to_scheduler_ms"), dispatch_delay_s=median_part(runs, "to_worker_ms"),
                   result_delay_s=median_part(runs, "result_return_ms"))
+    cvs = [r["step_spread"]["cv"] for r in runs if (r.get("step_spread") or {}).get("cv") is not None]
     out = {}
     for rps in sorted({r["rps"] for r in runs}):
         busy = [r["cpu_cores"]["services"] for r in runs if r["rps"] == rps and r.get("cpu_cores")]
         out[rps] = ClusterEffects(**delays, heartbeat_s=wc.heartbeat_interval_s, tick_s=sc.lc_period_s,
                                   cpu_cores=cores, service_cores=statistics.median(busy) if busy else 0.0,
-                                  cost_quantile=sc.cost_quantile)
+                                  cost_quantile=sc.cost_quantile, step_cv=statistics.median(cvs) if cvs else 0.0)
     return out
 
 

@@ -100,12 +100,14 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
                    help="every step takes this × the profile's latency (load from outside the cluster)")
     g.add_argument("--step-overhead", type=float, default=0.0, metavar="S",
                    help="worker time per step outside the forward")
+    g.add_argument("--step-cv", type=float, default=0.0,
+                   help="steps of one size vary: a lognormal factor of mean 1 with this coefficient of variation")
 
 
 def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
     return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat, args.tick,
                           args.cpu_cores, args.service_cores, args.cost_quantile, args.step_scale,
-                          args.step_overhead)
+                          args.step_overhead, args.step_cv)
 
 
 def build_spec(args: argparse.Namespace):

@@ -8,6 +8,8 @@ that costs nothing, 1-s heartbeats and load control), which keeps runs without t
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import asdict, dataclass
 
 
@@ -31,10 +33,14 @@ class ClusterEffects:
     # worker time per step outside the forward (the step loop's τ choice, commits, events); the
     # heartbeat's step samples, like the live worker's, time the forward only
     step_overhead_s: float = 0.0
+    # live steps of one size vary (a shared CPU): each step × a lognormal factor of mean 1 and this
+    # coefficient of variation. The cost models refit toward a quantile of the steps they measure, so
+    # the spread sets how slow the policy thinks the steps are, and so its budgets and admission.
+    step_cv: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
-                     "step_overhead_s"):
+                     "step_overhead_s", "step_cv"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heartbeat_s <= 0 or self.tick_s <= 0 or self.step_scale <= 0:
@@ -47,6 +53,11 @@ class ClusterEffects:
         if self.cpu_cores <= 0:
             return self.step_scale
         return self.step_scale * max(1.0, (stepping + self.service_cores) / self.cpu_cores)
+
+    def step_factor(self, rng: random.Random) -> float:
+        """One step's lognormal factor (mean 1, coefficient of variation ``step_cv``)."""
+        s2 = math.log1p(self.step_cv * self.step_cv)
+        return math.exp(rng.gauss(-s2 / 2, math.sqrt(s2)))
 
     def is_default(self) -> bool:
         return self == ClusterEffects()

@@ -83,6 +83,7 @@ class Simulator:
         self._dispatching: list[tuple[SimReq, SimInstance]] = []
         self.quality = (quality or QualityModel()).accuracy
         self.rng = random.Random(seed)
+        self._jitter = random.Random(f"{seed}/steps")  # its own stream: runs without jitter stay as they were
         self.specs = requests
         self.block_len = block_len
         self.max_drain_s = max_drain_s
@@ -235,6 +236,8 @@ class Simulator:
         if inst.busy or not inst.members:
             return
         scale = self.effects.latency_scale(1 + sum(1 for i in self.insts if i.busy))
+        if self.effects.step_cv > 0:
+            scale *= self.effects.step_factor(self._jitter)
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
                               scale)
         self._push(now + lat + self.effects.step_overhead_s, STEP_END, inst.index)
