@@ -37,8 +37,7 @@ def slowdowns(rates: list[float], policies: list[str], workloads: Workloads, run
 def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:
     """The run's steps (its saved heartbeat samples) against the profile at their own sizes; None for a
     run saved without them."""
-    path = Path(run_dir or "") / STEPS
-    if not run_dir or not path.is_file():
+    if not run_dir or not (path := Path(run_dir) / STEPS).is_file():
         return None
     return steps_vs_profile(json.loads(path.read_text()), lambda tokens: setup.cost.latency(SIM_CONFIG, tokens))
 
