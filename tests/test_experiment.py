@@ -270,6 +270,44 @@ def test_each_rate_is_simulated_with_its_own_step_overhead():
     assert {rps: e["step_overhead_s"] for rps, e in measured["effects_by_rps"].items()} == {2.0: 0.005, 4.0: 0.02}
 
 
+def test_live_step_samples_set_the_simulated_speed_at_each_rate(tmp_path: Path):
+    # the steps ran 2× the profile at 2 req/s and 2.4× at 4 req/s (a CPU the services share): the factor
+    # comes from the lowest rate's steps, each rate's own steps scale it, and no CPU model is added on top
+    from shared.profiles import profile_path
+    from tooling.experiment_metrics import STEPS
+    from tooling.experiment_sim import SIM_CONFIG, profile_cost
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0, 4.0], repeats=1, sim_cores=2.0, workers=1,
+                          workload=wspec(duration_s=10.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
+    work = {rps: build_workload(spec.workload, rps, encode) for rps in spec.rates}
+    profile = profile_cost(profile_path(spec.model_dir, "cpu"))
+    runs = []
+    for rps, slow in ((2.0, 2.0), (4.0, 2.4)):
+        run = dict(_run("fcfs", rps, 0, 1.0), run_dir=str(tmp_path / f"r{rps:g}"))
+        Path(run["run_dir"]).mkdir()
+        steps = [(t, slow * profile.latency(SIM_CONFIG, t)) for t in (16, 16, 16, 112, 512)]
+        (Path(run["run_dir"]) / STEPS).write_text(json.dumps(steps))
+        runs.append(run)
+    pairs = [(RunKey(0, rps, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,
+                                                 timings_ms={"worker_forward_ms": 50.0, "worker_ms": 60.0}))
+             for rps in spec.rates for w in work[rps]]
+    _, measured = run_sim(spec, work, runs, pairs)
+    assert measured["profile_scale"] == pytest.approx(2.0, rel=1e-3)
+    assert measured["profile_scale_source"] == "step_samples"
+    eff = measured["effects_by_rps"]
+    assert eff[2.0]["step_scale"] == 1.0 and eff[4.0]["step_scale"] == pytest.approx(1.2, rel=1e-3)
+    assert eff[2.0]["cpu_cores"] == eff[4.0]["cpu_cores"] == 0.0
+
+
+def test_generator_lag_is_reported_and_resimulating_may_change_only_simulation_settings():
+    from tooling.experiment_metrics import send_lag_ms
+    from tooling.experiment_run import live_config
+    lag = send_lag_ms([Outcome(True, 0.1, kind=SERVED, send_lag_s=s) for s in (0.001, 0.002, 0.030)])
+    assert lag == {"p50": 2.0, "p99": 30.0, "max": 30.0}
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0], repeats=1, workload=wspec())
+    assert live_config(spec.config()) == live_config(dict(spec.config(), sim_cores=64.0, quality="q.json"))
+    assert live_config(spec.config()) != live_config(dict(spec.config(), repeats=3))
+
+
 def test_step_spread_is_relative_to_steps_of_the_same_size():
     from tooling.experiment_metrics import step_spread
     # two sizes 20× apart, each with latencies of 0.5×, 1× and 1.5× its own median: spread as at one size

@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no live runs: simulate again the runs a finished sweep saved in --out-dir (the "
                         "sweep's own options) and rewrite its report")
     p.add_argument("--sim-cores", type=float, default=float(os.cpu_count() or 1),
-                   help="cores the simulated workers and services share (default: this machine's)")
+                   help="cores the simulated workers and services share, for sweeps saved without step samples "
+                        "(otherwise each rate's live steps give the shared CPU's effect; default: this machine's)")
 
 
 def validate(args: argparse.Namespace) -> None:

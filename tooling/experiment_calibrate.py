@@ -34,12 +34,32 @@ def slowdowns(rates: list[float], policies: list[str], workloads: Workloads, run
         run["steps_vs_profile"] = run_steps_vs_profile(run.get("run_dir"), setup)
 
 
-def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:
-    """The run's steps (its saved heartbeat samples) against the profile at their own sizes; None for a
-    run saved without them."""
+def run_steps(run_dir: str | None) -> list[tuple[int, float]] | None:
+    """The run's saved heartbeat step samples (tokens, latency s); None for a run saved without them."""
     if not run_dir or not (path := Path(run_dir) / STEPS).is_file():
         return None
-    return steps_vs_profile(json.loads(path.read_text()), lambda tokens: setup.cost.latency(SIM_CONFIG, tokens))
+    return [(int(t), float(lat)) for t, lat in json.loads(path.read_text())]
+
+
+def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:
+    """The run's steps against the profile at their own sizes; None for a run saved without them."""
+    samples = run_steps(run_dir)
+    return None if samples is None else steps_vs_profile(samples, lambda t: setup.cost.latency(SIM_CONFIG, t))
+
+
+def step_factors(runs: list[dict], setup: SimSetup) -> dict[float, float] | None:
+    """Per rate: Σ latency ÷ Σ profile latency of the live steps of all its runs, at their own sizes: how
+    fast this machine ran the model at that load, the CPU the workers and services share included. None
+    when a rate has no step samples (a sweep saved without them)."""
+    out = {}
+    for rps in sorted({r["rps"] for r in runs}):
+        samples = [s for r in runs if r["rps"] == rps for s in run_steps(r.get("run_dir")) or []]
+        live = sum(lat for _, lat in samples)
+        profile = sum(setup.cost.latency(SIM_CONFIG, t) for t, _ in samples)
+        if live <= 0 or profile <= 0:
+            return None
+        out[rps] = round(live / profile, 4)
+    return out or None
 
 
 def speed_warning(runs: list[dict], limit: float = 1.5) -> str | None:

@@ -67,7 +67,10 @@ async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Ou
             delay = start + shot.at_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            return await fire(client, url, shot, shot.dlm.get("slo_ms") if shot.dlm else None)
+            lag_s = max(0.0, time.perf_counter() - start - shot.at_s)
+            out = await fire(client, url, shot, shot.dlm.get("slo_ms") if shot.dlm else None)
+            out.send_lag_s = lag_s
+            return out
 
         outcomes = await asyncio.gather(*(one(s) for s in shots))
         return list(outcomes), time.perf_counter() - start

@@ -47,7 +47,15 @@ def summarize_run(workload: list[Request], outcomes: list[Outcome], duration_s: 
         "overhead_parts_p50_ms": overhead_parts([o for _, o in served]),
         "timings_p50_ms": timings_p50([o for _, o in served]),
         "first_errors": [o.error for o in outcomes if o.error][:3],
+        "send_lag_ms": send_lag_ms(outcomes),
     }
+
+
+def send_lag_ms(outcomes: list[Outcome]) -> dict[str, float | None]:
+    """How late the generator sent its requests: it shares the CPU with the cluster, and a late send is
+    an arrival the cluster saw later than the simulator does."""
+    lag = [o.send_lag_s * 1000 for o in outcomes]
+    return {"p50": _r(percentile(lag, 50), 3), "p99": _r(percentile(lag, 99), 3), "max": _r(max(lag, default=None), 3)}
 
 
 def timings_p50(served: list[Outcome]) -> dict[str, float | None]:

@@ -11,7 +11,7 @@ from typing import Callable
 
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
-from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning
+from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
 from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_task, step_overhead_s, step_spread,
                                         summarize_run, tokens_per_step)
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
@@ -111,6 +111,12 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
 
 
 Pairs = list[tuple[RunKey, Request, Outcome]]
+SIM_ONLY = ("sim_cores", "quality")  # settings that change only the simulation: --resimulate may vary them
+
+
+def live_config(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in SIM_ONLY}
+
 OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
 
 
@@ -122,7 +128,7 @@ def save_outcomes(run_dir: Path, outcomes: list[Outcome]) -> None:
 def load_sweep(out: Path, spec: ExperimentSpec, workloads: dict[float, list[Request]]) -> tuple[list[dict], Pairs]:
     """The runs and outcomes a finished sweep in ``out`` saved, checked against the spec given now."""
     saved = out / "experiment.json"
-    if saved.exists() and json.loads(saved.read_text())["config"] != spec.config():
+    if saved.exists() and live_config(json.loads(saved.read_text())["config"]) != live_config(spec.config()):
         raise ValueError(f"{saved} was run with other settings than these: give the sweep's own options")
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
     pairs: Pairs = []
@@ -141,7 +147,7 @@ def load_sweep(out: Path, spec: ExperimentSpec, workloads: dict[float, list[Requ
 def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict],
             pairs: Pairs) -> tuple[dict, dict]:
     """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
-    measured live and the steps scaled to the live ones at the lowest rate (calibrate)."""
+    measured live and the steps as fast as the live ones (speed_of_steps)."""
     from tooling.experiment_sim import (SimSetup, measured_effects, profile_cost, quality_model, scaled,
                                         simulate_point, speed_summary, summary, with_speeds)
 
@@ -158,7 +164,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     overhead = {rps: step_overhead_s([o for key, _, o in pairs if key.rps == rps]) for rps in spec.rates}
     effects = {rps: replace(e, step_overhead_s=overhead[rps] or 0.0) for rps, e in effects.items()}
     slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
-    scale = calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects)
+    scale, effects, source = speed_of_steps(spec, workloads, runs, pairs, setup, effects)
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
     # starts from the scaled profile too, which is also the simulated truth.
     setup = replace(setup, cost=scaled(setup.cost, scale or 1.0))
@@ -167,9 +173,24 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
            for rps in spec.rates for p in spec.policies}
     measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds), "quality_source": quality_src,
                 "quality": quality.points if quality is not None else None, "profile_scale": scale,
+                "profile_scale_source": source,
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
+
+
+def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,
+                   setup, effects: dict) -> tuple[float | None, dict, str]:
+    """The factor on the profile and each rate's effects. From the live steps where the runs saved them:
+    the lowest rate's steps set the factor and each rate's own steps its step_scale, which then holds the
+    shared CPU as measured (cpu_cores 0). Otherwise the lowest rate's request forward times set the factor
+    (calibrate) and the shared CPU is modelled from --sim-cores."""
+    factors = step_factors(runs, setup)
+    if not factors:
+        return calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects), effects, "forward_times"
+    low = factors[min(factors)]
+    return low, {rps: replace(e, cpu_cores=0.0, step_scale=round(factors[rps] / low, 4))
+                 for rps, e in effects.items()}, "step_samples"
 
 
 def run_experiment(spec: ExperimentSpec, out: Path, log: Log, encode: Callable[[str], list[int]],

@@ -55,6 +55,7 @@ class Outcome:
     http_status: int | None = None  # None: no HTTP answer
     threshold_mean: float | None = None  # the response's dlm.threshold_mean (mean τ the worker used)
     steps: int | None = None  # the response's dlm.steps (denoising steps the request took)
+    send_lag_s: float = 0.0  # how late the generator sent it against its planned time (an open loop's own lag)
 
     def __post_init__(self) -> None:
         if not self.kind:
