@@ -147,6 +147,28 @@ def test_simulated_requests_draw_their_task_speed_and_slow_ones_take_more_steps(
     assert steps == {0.5: 16, 2.0: 4}  # 32 tokens at 2 and at 8 a step (blocks of 8)
 
 
+def test_a_request_keeps_its_own_speed_at_each_tau_it_was_measured_at():
+    from dataclasses import replace
+    from tooling.experiment_metrics import speeds_by_request
+    from tooling.experiment_sim import with_speeds
+    work = [_req(0, task="path"), _req(1, task="path")]
+    tps = {0.9: 4.0, 0.7: 8.0}
+    # request 0: slow at τ 0.9 in two runs (16 steps for 32 tokens), fast at τ 0.7; request 1 ran at no one τ
+    pairs = [(10.0, work[0], _served(0.1, True, True, 0.9, 16)), (10.0, work[0], _served(0.1, True, True, 0.9, 16)),
+             (10.0, work[0], _served(0.1, True, True, 0.7, 2)), (10.0, work[1], _served(0.1, True, True, 0.77, 4))]
+    own = speeds_by_request(pairs, tps)
+    assert own == {(10.0, "r000000"): {0.7: 2.0, 0.9: 0.5}}
+    sim = with_speeds(work, {"path": [1.5]}, seed=1, own={"r000000": own[(10.0, "r000000")]})
+    assert sim[0].sim.speed_by_tau == ((0.7, 2.0), (0.9, 0.5)) and sim[0].sim.speed == 1.5  # 1.5: other τ
+    assert sim[1].sim.speed_by_tau == () and sim[1].sim.speed == 1.5
+    steps = {}
+    for by_tau in (((0.9, 0.5),), ((0.7, 0.5),)):  # fcfs runs at τ 0.9: its own speed there, else `speed`
+        r = replace(_lone()[0], speed=1.0, speed_by_tau=by_tau)
+        (res,) = simulate("fcfs", [r], ["tp1"], "tiny-cpu", 0, block_len=8, truth_tps={0.9: 4.0}).requests
+        steps[by_tau[0][0]] = res.refresh_steps + res.reuse_steps
+    assert steps == {0.9: 16, 0.7: 8}  # 32 tokens at 2 a step (its own 0.5 × 4), and at 4 a step
+
+
 def _run(policy: str, rps: float, repeat: int, att: float | None, refused: int = 0) -> dict:
     live = {"slo_attainment": att, "goodput_rps": att, "latency_p50_s": 0.2, "latency_p99_s": 0.5,
             "mean_threshold": 0.9, "accuracy": 0.95,
@@ -359,7 +381,12 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         assert sp["n"] > 5 and sp["p10"] <= sp["p50"] <= sp["p90"] and sp["cv"] >= 0, sp
         assert len(json.loads((Path(run["run_dir"]) / "steps.json").read_text())) >= sp["n"]
         assert 0.2 < run["steps_vs_profile"] < 20  # this machine against the committed profile, per step
-    assert data["measured"]["effects_by_rps"]["3.0"]["step_cv"] > 0  # the simulator draws the live spread
+        assert run["live"]["send_lag_ms"]["p50"] is not None and run["live"]["send_lag_ms"]["p50"] >= 0
+    measured = data["measured"]
+    assert measured["effects_by_rps"]["3.0"]["step_cv"] > 0  # the simulator draws the live spread
+    # the simulated steps run as fast as the live ones heard: the lowest (only) rate sets the factor
+    assert measured["profile_scale_source"] == "step_samples" and 0.2 < measured["profile_scale"] < 20
+    assert measured["effects_by_rps"]["3.0"]["step_scale"] == 1.0
     # the saved runs simulated again: the same simulated side, and a refusal for other settings
     assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
     again = json.loads((tmp_path / "experiment.json").read_text())

@@ -130,11 +130,28 @@ def speeds_by_task(pairs: list[tuple[Request, Outcome]], tps: dict[float, float]
     bulk: the same mean hides requests twice as slow as it, and under a deadline they are the misses."""
     out: dict[str, list[float]] = defaultdict(list)
     for w, o in pairs:
-        tau = single_tau(o, tuple(tps))
-        pooled = tps.get(tau) if tau is not None and o.steps else None
-        if pooled:
-            out[w.shot.task].append(round(w.sim.output_len / o.steps / pooled, 4))
+        if (speed := request_speed(w, o, tps)) is not None:
+            out[w.shot.task].append(speed)
     return {task: sorted(v) for task, v in sorted(out.items())}
+
+
+def speeds_by_request(pairs: list[tuple[float, Request, Outcome]],
+                      tps: dict[float, float]) -> dict[tuple[float, str], dict[float, float]]:
+    """(rate, request id) → τ → the median of that request's speeds over the runs that served it at that
+    one τ. A prompt decodes the same way each time at a τ (a path prompt with many open moves is slow
+    in every run at τ 0.9), so its own speed, where measured, says more than a draw from its task's."""
+    out: dict[tuple[float, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for rps, w, o in pairs:
+        if (speed := request_speed(w, o, tps)) is not None:
+            out[(rps, w.sim.request_id)][single_tau(o, tuple(tps))].append(speed)
+    return {k: {t: statistics.median(v) for t, v in sorted(by.items())} for k, by in out.items()}
+
+
+def request_speed(w: Request, o: Outcome, tps: dict[float, float]) -> float | None:
+    """A served request's tokens per step ÷ the pooled figure at the one τ it ran at (None: not one τ)."""
+    tau = single_tau(o, tuple(tps))
+    pooled = tps.get(tau) if tau is not None and o.steps else None
+    return round(w.sim.output_len / o.steps / pooled, 4) if pooled else None
 
 
 def accuracy_by_tau(pairs: list[tuple[Request, Outcome]], candidates: tuple[float, ...],

@@ -12,8 +12,8 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
-from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_task, step_overhead_s, step_spread,
-                                        summarize_run, tokens_per_step)
+from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_request, speeds_by_task, step_overhead_s,
+                                        step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
 
@@ -154,7 +154,9 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     served = [(w, o) for _, w, o in pairs]
     tps = tokens_per_step(served, spec.candidates)
     speeds = speeds_by_task(served, tps)
-    workloads = {rps: with_speeds(reqs, speeds, spec.workload.seed) for rps, reqs in workloads.items()}
+    own = speeds_by_request([(key.rps, w, o) for key, w, o in pairs], tps)
+    workloads = {rps: with_speeds(reqs, speeds, spec.workload.seed, {i: v for (r, i), v in own.items() if r == rps})
+                 for rps, reqs in workloads.items()}
     quality, quality_src = quality_model(spec.quality, accuracy_by_tau(served, spec.candidates))
     setup = SimSetup(spec.workers, profile_cost(profile_path(spec.model_dir, "cpu")), spec.workload.block_len,
                      quality, tps, spec.workload.mean_slo_s(), spec.workload.seed)
@@ -171,7 +173,8 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     sim = {(rps, p): summary(simulate_point(p, [r.sim for r in workloads[rps]], setup, effects[rps]),
                              spec.workload.duration_s)
            for rps in spec.rates for p in spec.policies}
-    measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds), "quality_source": quality_src,
+    measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds),
+                "requests_with_own_speed": len(own), "quality_source": quality_src,
                 "quality": quality.points if quality is not None else None, "profile_scale": scale,
                 "profile_scale_source": source,
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},

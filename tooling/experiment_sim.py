@@ -82,14 +82,17 @@ def measured_effects(runs: list[dict], cores: float) -> dict[float, ClusterEffec
     return out
 
 
-def with_speeds(requests: list[Request], speeds: dict[str, list[float]], seed: int) -> list[Request]:
-    """Each request with a decoding speed drawn from those measured live for its task (seeded by its id,
-    the same draw for every policy); a task never measured keeps the mean speed."""
+def with_speeds(requests: list[Request], speeds: dict[str, list[float]], seed: int,
+                own: dict[str, dict[float, float]] | None = None) -> list[Request]:
+    """Each request with its own decoding speeds at the τ they were measured live at (``own``, by request
+    id), and for every other τ one drawn from those measured for its task (seeded by its id, the same
+    draw for every policy); a task never measured keeps the mean speed."""
     out = []
     for r in requests:
         pool = speeds.get(r.shot.task)
         speed = random.Random(f"{seed}/{r.sim.request_id}").choice(pool) if pool else 1.0
-        out.append(replace(r, sim=replace(r.sim, speed=speed)))
+        by_tau = tuple(sorted((own or {}).get(r.sim.request_id, {}).items()))
+        out.append(replace(r, sim=replace(r.sim, speed=speed, speed_by_tau=by_tau)))
     return out
 
 

@@ -149,7 +149,7 @@ class Simulator:
     # --- events ---------------------------------------------------------------------------------------
     def _arrive(self, spec: SimRequest, now: float) -> None:
         r = SimReq(spec.request_id, spec.arrival_s, spec.arrival_s + spec.slo_s, spec.prompt_len,
-                   spec.output_len, self.block_len, spec.min_threshold, spec.speed)
+                   spec.output_len, self.block_len, spec.min_threshold, spec.speed, dict(spec.speed_by_tau))
         self.reqs[r.request_id] = r
         self.core.on_arrival(RequestView(r.request_id, r.arrival_s, r.true_deadline_s, r.prompt_len,
                                          r.output_len, self.block_len, spec.priority, spec.min_threshold), now)

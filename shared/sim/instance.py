@@ -26,6 +26,7 @@ class SimReq:
     block_len: int
     min_threshold: float
     speed: float = 1.0  # × the ground-truth tokens per step (SimRequest.speed)
+    speed_by_tau: dict[float, float] = field(default_factory=dict)  # SimRequest.speed_by_tau
     deadline_s: float = 0.0  # the one the policy plans against (from the placement)
     cap: float = 1.0
     committed: int = 0
@@ -91,7 +92,7 @@ class SimInstance:
         """Commit tokens; returns (requests now at a block boundary, finished requests)."""
         boundary, finished = [], []
         for r in self.in_step:
-            k = _block_commit(r, truth_tps.tokens_per_step(r.tau) * r.speed, rng)
+            k = _block_commit(r, truth_tps.tokens_per_step(r.tau) * r.speed_by_tau.get(r.tau, r.speed), rng)
             if r.needs_refresh:
                 r.refresh_steps += 1
                 r.blocks_refreshed += 1

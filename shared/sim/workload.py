@@ -54,6 +54,9 @@ class SimRequest:
     # this prompt's tokens per step relative to the workload's mean at the same τ: prompts of one task
     # suite decode at different speeds (a copied digit commits in bulk, an open move one at a time)
     speed: float = 1.0
+    # (τ, speed) where this prompt's own speed was measured at that τ: a path prompt's open moves make it
+    # slow at τ 0.9 and a lower τ unlocks them, so one speed for every τ misprices it; other τ use ``speed``
+    speed_by_tau: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
