@@ -11,9 +11,11 @@ from typing import Callable
 
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
+from shared.sim.effects import ClusterEffects
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
 from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_request, speeds_by_task, step_overhead_s,
                                         step_spread, summarize_run, tokens_per_step)
+from tooling.experiment_sim import SimSetup
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
 
@@ -111,13 +113,12 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
 
 
 Pairs = list[tuple[RunKey, Request, Outcome]]
+OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
 SIM_ONLY = ("sim_cores", "quality")  # settings that change only the simulation: --resimulate may vary them
 
 
 def live_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in SIM_ONLY}
-
-OUTCOMES = "outcomes.jsonl"  # in each run's folder: one line per request of the workload, in its order
 
 
 def save_outcomes(run_dir: Path, outcomes: list[Outcome]) -> None:
@@ -148,7 +149,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
             pairs: Pairs) -> tuple[dict, dict]:
     """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
     measured live and the steps as fast as the live ones (speed_of_steps)."""
-    from tooling.experiment_sim import (SimSetup, measured_effects, profile_cost, quality_model, scaled,
+    from tooling.experiment_sim import (measured_effects, profile_cost, quality_model, scaled,
                                         simulate_point, speed_summary, summary, with_speeds)
 
     served = [(w, o) for _, w, o in pairs]
@@ -183,7 +184,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
 
 
 def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,
-                   setup, effects: dict) -> tuple[float | None, dict, str]:
+                   setup: SimSetup, effects: dict[float, ClusterEffects]) -> tuple[float | None, dict, str]:
     """The factor on the profile and each rate's effects. From the live steps where the runs saved them:
     the lowest rate's steps set the factor and each rate's own steps its step_scale, which then holds the
     shared CPU as measured (cpu_cores 0). Otherwise the lowest rate's request forward times set the factor
