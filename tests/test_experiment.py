@@ -229,6 +229,47 @@ def test_default_effects_change_nothing_and_delays_add_up():
     assert slower == pytest.approx([2 * b for b in base])
 
 
+def test_step_loop_time_grows_with_the_requests_in_the_step():
+    def run(effects, reqs):
+        res = simulate("fcfs", reqs, ["tp1"], "tiny-cpu", 0, block_len=8, effects=effects)
+        return {r.request_id: (r.finish_s - r.arrival_s, r.refresh_steps + r.reuse_steps) for r in res.requests}
+
+    loop = ClusterEffects(step_overhead_s=0.002, step_overhead_per_request_s=0.01)
+    (lone, steps), = run(loop, _lone(1)).values()  # alone: 2 + 10 ms more per step
+    assert lone == pytest.approx(run(ClusterEffects(), _lone(1))["r0"][0] + steps * 0.012, rel=1e-6)
+    pair = _lone(2, gap=0.0)  # two stepping together: 2 + 20 ms while both are in the step
+    base = run(ClusterEffects(), pair)
+    for rid, (lat, steps) in run(loop, pair).items():
+        added = lat - base[rid][0]
+        assert steps * 0.012 + 0.01 <= added + 1e-9 and added <= steps * 0.022 + 1e-9
+
+
+def test_step_loop_fit_recovers_a_line_and_never_goes_negative():
+    from tooling.experiment_metrics import loop_overhead
+
+    line = [(n, 0.001 + 0.0002 * n) for n in (1, 2, 4, 8, 16) for _ in range(3)]
+    assert loop_overhead(line) == pytest.approx((0.001, 0.0002))
+    assert loop_overhead([(1, 0.004), (8, 0.002)]) == pytest.approx((0.003, 0.0))  # falling: the mean, flat
+    assert loop_overhead([(2, 0.001), (10, 0.009)]) == pytest.approx((0.0, 0.092 / 104), rel=1e-3)  # through 0
+    assert loop_overhead([]) is None
+
+
+def test_the_workers_timed_gaps_set_the_step_loop_time_where_saved(tmp_path: Path):
+    # with gaps.json in the run folders, the fit of the workers' own gaps is used, not the requests' medians
+    from tooling.experiment_metrics import GAPS
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0], repeats=1, sim_cores=2.0, workers=1,
+                          workload=wspec(duration_s=10.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
+    work = {2.0: build_workload(spec.workload, 2.0, encode)}
+    run = dict(_run("fcfs", 2.0, 0, 1.0), run_dir=str(tmp_path))
+    (tmp_path / GAPS).write_text(json.dumps([[n, 0.0005 + 0.0001 * n] for n in (1, 2, 3, 4)]))
+    pairs = [(RunKey(0, 2.0, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,
+                                                 timings_ms={"worker_forward_ms": 50.0, "worker_ms": 150.0}))
+             for w in work[2.0]]
+    _, measured = run_sim(spec, work, [run], pairs)
+    eff = measured["effects_by_rps"][2.0]
+    assert eff["step_overhead_s"] == pytest.approx(0.0005) and eff["step_overhead_per_request_s"] == pytest.approx(0.0001)
+
+
 def test_shared_cpu_stretches_steps_only_when_oversubscribed():
     two = _lone(2, gap=0.0)  # two requests at once on two instances
     alone = _latency(None, two, ("tp1", "tp1"))
@@ -382,11 +423,15 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         assert len(json.loads((Path(run["run_dir"]) / "steps.json").read_text())) >= sp["n"]
         assert 0.2 < run["steps_vs_profile"] < 20  # this machine against the committed profile, per step
         assert run["live"]["send_lag_ms"]["p50"] is not None and run["live"]["send_lag_ms"]["p50"] >= 0
+        gaps = json.loads((Path(run["run_dir"]) / "gaps.json").read_text())  # the step loop, timed by the workers
+        assert len(gaps) > 5 and all(n >= 1 and 0.0 <= g < 1.0 for n, g in gaps), gaps[:5]
     measured = data["measured"]
     assert measured["effects_by_rps"]["3.0"]["step_cv"] > 0  # the simulator draws the live spread
     # the simulated steps run as fast as the live ones heard: the lowest (only) rate sets the factor
     assert measured["profile_scale_source"] == "step_samples" and 0.2 < measured["profile_scale"] < 20
     assert measured["effects_by_rps"]["3.0"]["step_scale"] == 1.0
+    loop = measured["effects_by_rps"]["3.0"]
+    assert loop["step_overhead_s"] + loop["step_overhead_per_request_s"] > 0  # fitted from those gaps
     # the saved runs simulated again: the same simulated side, and a refusal for other settings
     assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
     again = json.loads((tmp_path / "experiment.json").read_text())

@@ -178,6 +178,25 @@ def step_overhead_s(outcomes: list[Outcome]) -> float | None:
     return round(statistics.median(vals), 6) if vals else None
 
 
+def loop_overhead(gaps: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """The worker's step-loop time outside the forward as (fixed s, s per request in the step): the
+    least-squares line through the workers' (requests, gap) samples, neither part negative (None: no
+    samples). The loop's work is per request (τ choice, commits, events), the forward's hand-offs fixed."""
+    pts = [(n, g) for n, g in gaps if n > 0 and g >= 0]
+    if not pts:
+        return None
+    k = len(pts)
+    mn, mg = sum(n for n, _ in pts) / k, sum(g for _, g in pts) / k
+    var = sum((n - mn) ** 2 for n, _ in pts)
+    slope = sum((n - mn) * (g - mg) for n, g in pts) / var if var > 0 else 0.0
+    fixed = mg - slope * mn
+    if slope < 0:
+        fixed, slope = mg, 0.0
+    elif fixed < 0:
+        fixed, slope = 0.0, sum(n * g for n, g in pts) / sum(n * n for n, _ in pts)
+    return round(fixed, 6), round(slope, 7)
+
+
 def median_part(runs: list[dict], key: str) -> float:
     """Median over runs of one overhead part's p50 in the warm-up (an idle cluster: no queueing), in s."""
     vals = [r["warmup_overhead_parts_p50_ms"].get(key) for r in runs]
@@ -187,6 +206,7 @@ def median_part(runs: list[dict], key: str) -> float:
 
 STEP_BIN = 1.1  # token counts within this factor of each other are "the same step" for the spread
 STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
+GAPS = "gaps.json"  # in each run's folder: [requests, step-loop s outside the forward] of those steps
 
 
 def steps_vs_profile(samples: list[tuple[int, float]], profile_latency_s: Callable[[int], float]) -> float | None:

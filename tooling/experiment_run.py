@@ -13,7 +13,7 @@ from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
-from tooling.experiment_metrics import (STEPS, accuracy_by_tau, speeds_by_request, speeds_by_task, step_overhead_s,
+from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task, step_overhead_s,
                                         step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
@@ -107,6 +107,7 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
             f.write(json.dumps(rec, sort_keys=True) + "\n")
         save_outcomes(run_dir, live.outcomes)
         (run_dir / STEPS).write_text(json.dumps(live.steps))
+        (run_dir / GAPS).write_text(json.dumps(live.gaps))
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
@@ -164,8 +165,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     effects = measured_effects(runs, spec.sim_cores)
     # the worker's time per step outside the forward grows with the batch (τ choice, commits and events
     # per request): measured at each rate, as the services' CPU is
-    overhead = {rps: step_overhead_s([o for key, _, o in pairs if key.rps == rps]) for rps in spec.rates}
-    effects = {rps: replace(e, step_overhead_s=overhead[rps] or 0.0) for rps, e in effects.items()}
+    effects = {rps: replace(e, **step_loop_effects(rps, runs, pairs)) for rps, e in effects.items()}
     slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
     scale, effects, source = speed_of_steps(spec, workloads, runs, pairs, setup, effects)
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
@@ -181,6 +181,23 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
+
+
+def step_loop_effects(rps: float, runs: list[dict], pairs: Pairs) -> dict[str, float]:
+    """The worker's time per step outside the forward at one rate: from the gaps the workers timed
+    between their forwards (fixed + per request in the step), or, for a sweep saved without them, the
+    requests' median (worker − forward) / steps, which also counts the wait for the step in flight
+    when a request arrives (the simulator has that wait already)."""
+    gaps = [g for r in runs if r["rps"] == rps for g in run_gaps(r.get("run_dir"))]
+    fit = loop_overhead(gaps)
+    if fit is not None:
+        return {"step_overhead_s": fit[0], "step_overhead_per_request_s": fit[1]}
+    return {"step_overhead_s": step_overhead_s([o for key, _, o in pairs if key.rps == rps]) or 0.0}
+
+
+def run_gaps(run_dir: str | None) -> list[tuple[int, float]]:
+    path = Path(run_dir) / GAPS if run_dir else None
+    return [tuple(g) for g in json.loads(path.read_text())] if path and path.is_file() else []
 
 
 def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,

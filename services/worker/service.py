@@ -95,6 +95,8 @@ class WorkerService:
         self.step_latency_ema_s = 0.0
         self.tokens_per_step_ema = 0.0
         self.num_steps_total = 0
+        self._forward_end: float | None = None  # when the last step came back (None: idle since)
+        self._gap_before_s: float | None = None
         if control is None:  # the policy settings of the environment's configuration (main.py passes its own)
             from services.worker.device import worker_instance_config
             from services.worker.threshold_control import worker_threshold_control
@@ -242,12 +244,14 @@ class WorkerService:
             await self._release_migrating()
             self._admit()
             if self.engine.num_requests == 0:
+                self._forward_end = None  # an idle wait is not step-loop time
                 self.wake.clear()
                 await self.wake.wait()
                 continue
             thresholds = self.control.choose(self.engine.request_ids, time.time(), keep=self.meta)
             try:
                 out = await asyncio.get_running_loop().run_in_executor(self._forward, self.engine.step, thresholds)
+                self._note_cycle(out.elapsed_s)
             except Exception as exc:  # a broken step must not hang requests: fail the batch loudly
                 log.exception("engine step failed")
                 await self._fail_all(f"engine step failed: {exc}")
@@ -256,6 +260,13 @@ class WorkerService:
                 await self._after_step(out)
             except Exception:  # the loop must survive (NATS/Redis blips); results are retried in _finalize
                 log.exception("after-step bookkeeping failed")
+
+    def _note_cycle(self, forward_s: float) -> None:
+        """The step loop's time outside the forward since the previous step came back: bookkeeping,
+        events, τ choice and the hand-offs to and from the forward thread (None after an idle wait)."""
+        now = time.perf_counter()
+        self._gap_before_s = None if self._forward_end is None else max(0.0, now - self._forward_end - forward_s)
+        self._forward_end = now
 
     async def _release_migrating(self) -> None:
         """Let go of migrating requests that sit at a block boundary (or never started here): checkpoint,
@@ -307,7 +318,7 @@ class WorkerService:
 
     async def _after_step(self, out: StepOutput) -> None:
         self.num_steps_total += 1
-        self.control.observe(out.elapsed_s, out.num_tokens_executed, out.requests)
+        self.control.observe(out.elapsed_s, out.num_tokens_executed, out.requests, self._gap_before_s)
         a = 0.2
         self.step_latency_ema_s = out.elapsed_s if self.num_steps_total == 1 else (1 - a) * self.step_latency_ema_s + a * out.elapsed_s
         committed = sum(len(r.committed_token_ids) for r in out.requests)

@@ -84,11 +84,13 @@ class ThresholdControl:
                 cap=r.cap, min_threshold=r.floor, batch=bc, predictor=self.predictor, params=self.params)
         return out
 
-    def observe(self, elapsed_s: float, tokens_executed: int, requests) -> None:
-        """One engine step (``StepOutput`` fields): progress, online refit, heartbeat samples."""
+    def observe(self, elapsed_s: float, tokens_executed: int, requests, gap_before_s: float | None = None) -> None:
+        """One engine step (``StepOutput`` fields): progress, online refit, heartbeat samples.
+        ``gap_before_s``: the step loop's time since the previous forward ended (None after idling)."""
         if tokens_executed > 0:
             self.cost.observe(self.config, tokens_executed, elapsed_s)
-            self._steps.append(StepLatencySample(tokens=tokens_executed, latency_s=elapsed_s))
+            self._steps.append(StepLatencySample(tokens=tokens_executed, latency_s=elapsed_s,
+                                                 num_requests=len(requests), gap_before_s=gap_before_s))
             del self._steps[:-MAX_STEP_SAMPLES]
         for o in requests:
             k = len(o.committed_token_ids)

@@ -6,10 +6,14 @@ from shared.schemas.base import Message
 
 
 class StepLatencySample(Message, tag="step_latency_sample"):
-    """One measured engine step: tokens executed and its wall latency (cost-model refit)."""
+    """One measured engine step: tokens executed and its wall latency (cost-model refit); the requests
+    in it and the worker's step-loop time since the previous forward ended (None after an idle wait):
+    what a step costs beyond its forward (``dilaserve experiment`` gives it to the simulator)."""
 
     tokens: int
     latency_s: float
+    num_requests: int = 0
+    gap_before_s: float | None = None
 
 
 class ThresholdTpsSample(Message, tag="threshold_tps_sample"):

@@ -99,7 +99,9 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--step-scale", type=float, default=1.0,
                    help="every step takes this × the profile's latency (load from outside the cluster)")
     g.add_argument("--step-overhead", type=float, default=0.0, metavar="S",
-                   help="worker time per step outside the forward")
+                   help="worker time per step outside the forward (fixed part)")
+    g.add_argument("--step-overhead-per-request", type=float, default=0.0, metavar="S",
+                   help="worker time per step outside the forward: this much more per request in the step")
     g.add_argument("--step-cv", type=float, default=0.0,
                    help="steps of one size vary: a lognormal factor of mean 1 with this coefficient of variation")
 
@@ -107,7 +109,7 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
 def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
     return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat, args.tick,
                           args.cpu_cores, args.service_cores, args.cost_quantile, args.step_scale,
-                          args.step_overhead, args.step_cv)
+                          args.step_overhead, args.step_cv, args.step_overhead_per_request)
 
 
 def build_spec(args: argparse.Namespace):

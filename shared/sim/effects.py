@@ -30,17 +30,19 @@ class ClusterEffects:
     # every step takes this many times the profile's latency, whatever the cluster does: load on the
     # machine from outside the cluster, or a profile measured on another machine
     step_scale: float = 1.0
-    # worker time per step outside the forward (the step loop's τ choice, commits, events); the
-    # heartbeat's step samples, like the live worker's, time the forward only
+    # worker time per step outside the forward (the step loop's τ choice, commits, events, the hand-offs
+    # to the forward thread): this much plus ``step_overhead_per_request_s`` × the requests in the step;
+    # the heartbeat's step samples, like the live worker's, time the forward only
     step_overhead_s: float = 0.0
     # live steps of one size vary (a shared CPU): each step × a lognormal factor of mean 1 and this
     # coefficient of variation. The cost models refit toward a quantile of the steps they measure, so
     # the spread sets how slow the policy thinks the steps are, and so its budgets and admission.
     step_cv: float = 0.0
+    step_overhead_per_request_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
-                     "step_overhead_s", "step_cv"):
+                     "step_overhead_s", "step_cv", "step_overhead_per_request_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heartbeat_s <= 0 or self.tick_s <= 0 or self.step_scale <= 0:
@@ -53,6 +55,10 @@ class ClusterEffects:
         if self.cpu_cores <= 0:
             return self.step_scale
         return self.step_scale * max(1.0, (stepping + self.service_cores) / self.cpu_cores)
+
+    def step_loop_s(self, num_requests: int) -> float:
+        """The worker's time around one step of ``num_requests`` requests, outside its forward."""
+        return self.step_overhead_s + self.step_overhead_per_request_s * num_requests
 
     def step_factor(self, rng: random.Random) -> float:
         """One step's lognormal factor (mean 1, coefficient of variation ``step_cv``)."""

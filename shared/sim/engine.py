@@ -240,7 +240,7 @@ class Simulator:
             scale *= self.effects.step_factor(self._jitter)
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
                               scale)
-        self._push(now + lat + self.effects.step_overhead_s, STEP_END, inst.index)
+        self._push(now + lat + self.effects.step_loop_s(len(inst.in_step)), STEP_END, inst.index)
 
     # --- the planner's hooks (planner runs only) ---------------------------------------------------------
     def _planner_event(self, kind: int, arg: int, now: float, last_arrival: float) -> None:
