@@ -13,8 +13,8 @@ from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
 from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
-from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task, step_overhead_s,
-                                        step_spread, summarize_run, tokens_per_step)
+from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
+                                        step_overhead_s, step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts

@@ -86,7 +86,8 @@ class ThresholdControl:
 
     def observe(self, elapsed_s: float, tokens_executed: int, requests, gap_before_s: float | None = None) -> None:
         """One engine step (``StepOutput`` fields): progress, online refit, heartbeat samples.
-        ``gap_before_s``: the step loop's time since the previous forward ended (None after idling)."""
+        ``gap_before_s``: the step loop's time outside the forward since the previous step came back
+        (None after an idle wait), sent with the step's sample for ``dilaserve experiment``."""
         if tokens_executed > 0:
             self.cost.observe(self.config, tokens_executed, elapsed_s)
             self._steps.append(StepLatencySample(tokens=tokens_executed, latency_s=elapsed_s,
