@@ -431,7 +431,10 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
     assert measured["profile_scale_source"] == "step_samples" and 0.2 < measured["profile_scale"] < 20
     assert measured["effects_by_rps"]["3.0"]["step_scale"] == 1.0
     loop = measured["effects_by_rps"]["3.0"]
-    assert loop["step_overhead_s"] + loop["step_overhead_per_request_s"] > 0  # fitted from those gaps
+    assert loop["step_overhead_s"] + loop["step_overhead_per_request_s"] > 0
+    from tooling.experiment_metrics import loop_overhead  # fitted from those gaps, not the requests' medians
+    saved = [tuple(g) for run in data["runs"] for g in json.loads((Path(run["run_dir"]) / "gaps.json").read_text())]
+    assert (loop["step_overhead_s"], loop["step_overhead_per_request_s"]) == pytest.approx(loop_overhead(saved))
     # the saved runs simulated again: the same simulated side, and a refusal for other settings
     assert experiment.main(p.parse_args(argv + ["--resimulate"])) == 0
     again = json.loads((tmp_path / "experiment.json").read_text())

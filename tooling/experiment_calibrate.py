@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_metrics import STEPS, steps_vs_profile
+from tooling.experiment_metrics import GAPS, STEPS, steps_vs_profile
 from tooling.experiment_sim import SIM_CONFIG, SimSetup, scaled, simulate_point, step_scale
 from tooling.experiment_workload import Request
 from tooling.loadgen import SERVED, Outcome
@@ -36,9 +36,18 @@ def slowdowns(rates: list[float], policies: list[str], workloads: Workloads, run
 
 def run_steps(run_dir: str | None) -> list[tuple[int, float]] | None:
     """The run's saved heartbeat step samples (tokens, latency s); None for a run saved without them."""
-    if not run_dir or not (path := Path(run_dir) / STEPS).is_file():
+    return _saved_pairs(run_dir, STEPS)
+
+
+def run_gaps(run_dir: str | None) -> list[tuple[int, float]] | None:
+    """The run's saved step-loop samples (requests in the step, s outside the forward); None without them."""
+    return _saved_pairs(run_dir, GAPS)
+
+
+def _saved_pairs(run_dir: str | None, name: str) -> list[tuple[int, float]] | None:
+    if not run_dir or not (path := Path(run_dir) / name).is_file():
         return None
-    return [(int(t), float(lat)) for t, lat in json.loads(path.read_text())]
+    return [(int(n), float(x)) for n, x in json.loads(path.read_text())]
 
 
 def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:

@@ -12,7 +12,7 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_calibrate import calibrate, slowdowns, speed_warning, step_factors
+from tooling.experiment_calibrate import calibrate, run_gaps, slowdowns, speed_warning, step_factors
 from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
                                         step_overhead_s, step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
@@ -188,16 +188,11 @@ def step_loop_effects(rps: float, runs: list[dict], pairs: Pairs) -> dict[str, f
     between their forwards (fixed + per request in the step), or, for a sweep saved without them, the
     requests' median (worker − forward) / steps, which also counts the wait for the step in flight
     when a request arrives (the simulator has that wait already)."""
-    gaps = [g for r in runs if r["rps"] == rps for g in run_gaps(r.get("run_dir"))]
+    gaps = [g for r in runs if r["rps"] == rps for g in run_gaps(r.get("run_dir")) or []]
     fit = loop_overhead(gaps)
     if fit is not None:
         return {"step_overhead_s": fit[0], "step_overhead_per_request_s": fit[1]}
     return {"step_overhead_s": step_overhead_s([o for key, _, o in pairs if key.rps == rps]) or 0.0}
-
-
-def run_gaps(run_dir: str | None) -> list[tuple[int, float]]:
-    path = Path(run_dir) / GAPS if run_dir else None
-    return [tuple(g) for g in json.loads(path.read_text())] if path and path.is_file() else []
 
 
 def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict], pairs: Pairs,
