@@ -4,6 +4,7 @@ is scaled by (calibrate), and each run's own slowdown (slowdowns), for ``dilaser
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -60,15 +61,56 @@ def step_factors(runs: list[dict], setup: SimSetup) -> dict[float, float] | None
     """Per rate: Σ latency ÷ Σ profile latency of the live steps of all its runs, at their own sizes: how
     fast this machine ran the model at that load, the CPU the workers and services share included. None
     when a rate has no step samples (a sweep saved without them)."""
+    return _factors(runs, setup, lambda r: r["rps"])
+
+
+def run_factors(runs: list[dict], setup: SimSetup) -> dict[tuple[float, str, int], float] | None:
+    """The same ratio for each run alone, by (rate, policy, repeat): the machine's speed during that run.
+    A shared VM drifts between runs of one point (10–20 % over a sweep), and a point at the edge of
+    capacity turns that into attainment differences of 0.2–0.3, which the simulator then follows."""
+    return _factors(runs, setup, lambda r: (r["rps"], r["policy"], r["repeat"]))
+
+
+def _factors(runs: list[dict], setup: SimSetup, key: Callable[[dict], Any]) -> dict | None:
     out = {}
-    for rps in sorted({r["rps"] for r in runs}):
-        samples = [s for r in runs if r["rps"] == rps for s in run_steps(r.get("run_dir")) or []]
+    for k in sorted({key(r) for r in runs}):
+        samples = [s for r in runs if key(r) == k for s in run_steps(r.get("run_dir")) or []]
         live = sum(lat for _, lat in samples)
         profile = sum(setup.cost.latency(SIM_CONFIG, t) for t, _ in samples)
         if live <= 0 or profile <= 0:
             return None
-        out[rps] = round(live / profile, 4)
+        out[k] = round(live / profile, 4)
     return out or None
+
+
+SIZE_BIN = 2.0  # step sizes are binned ×2 apart for the per-size factors
+SIZE_MIN_STEPS = 50  # a bin with fewer live steps gets no knot of its own
+
+
+def size_factors(runs: list[dict], setup: SimSetup) -> dict[float, tuple[tuple[float, float], ...]]:
+    """Per rate: ``ClusterEffects.step_scale_by_tokens`` knots from the live steps of all its runs. In
+    each ×2 bin of step sizes, Σ latency ÷ Σ profile latency ÷ the rate's own ratio over all sizes, at
+    the bin's mean size in log tokens: how much more than the rest of the steps the machine slowed steps
+    of that size at that load (bigger ones sharing the CPU with the services for longer)."""
+    out = {}
+    for rps in sorted({r["rps"] for r in runs}):
+        samples = [(t, lat) for r in runs if r["rps"] == rps for t, lat in run_steps(r.get("run_dir")) or []
+                   if t > 0 and lat > 0]
+        bins: dict[int, list[tuple[int, float, float]]] = {}
+        for t, lat in samples:
+            bins.setdefault(int(math.log(t, SIZE_BIN)), []).append((t, lat, setup.cost.latency(SIM_CONFIG, t)))
+        rows = [x for b in bins.values() for x in b]
+        if not rows:
+            out[rps] = ()
+            continue
+        total = sum(x[1] for x in rows) / sum(x[2] for x in rows)
+        knots = []
+        for _, b in sorted(bins.items()):
+            if len(b) >= SIZE_MIN_STEPS:
+                size = math.exp(statistics.fmean(math.log(t) for t, _, _ in b))
+                knots.append((round(size, 1), round(sum(x[1] for x in b) / sum(x[2] for x in b) / total, 4)))
+        out[rps] = tuple(knots)
+    return out
 
 
 def speed_warning(runs: list[dict], limit: float = 1.5) -> str | None:

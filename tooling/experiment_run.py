@@ -12,7 +12,8 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_calibrate import calibrate, run_gaps, slowdowns, speed_warning, step_factors
+from tooling.experiment_calibrate import (calibrate, run_factors, run_gaps, size_factors, slowdowns,
+                                         speed_warning, step_factors)
 from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
                                         step_overhead_s, step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
@@ -151,7 +152,7 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
     measured live and the steps as fast as the live ones (speed_of_steps)."""
     from tooling.experiment_sim import (measured_effects, profile_cost, quality_model, scaled,
-                                        simulate_point, speed_summary, summary, with_speeds)
+                                        simulate_repeats, speed_summary, with_speeds)
 
     served = [(w, o) for _, w, o in pairs]
     tps = tokens_per_step(served, spec.candidates)
@@ -168,11 +169,12 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     effects = {rps: replace(e, **step_loop_effects(rps, runs, pairs)) for rps, e in effects.items()}
     slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
     scale, effects, source = speed_of_steps(spec, workloads, runs, pairs, setup, effects)
+    machine = run_factors(runs, setup) if source == "step_samples" else None  # before the profile is scaled
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
     # starts from the scaled profile too, which is also the simulated truth.
     setup = replace(setup, cost=scaled(setup.cost, scale or 1.0))
-    sim = {(rps, p): summary(simulate_point(p, [r.sim for r in workloads[rps]], setup, effects[rps]),
-                             spec.workload.duration_s)
+    sim = {(rps, p): simulate_repeats(p, [r.sim for r in workloads[rps]], setup, effects[rps],
+                                      spec.workload.duration_s, _run_scales(machine, rps, p, scale))
            for rps in spec.rates for p in spec.policies}
     measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds),
                 "requests_with_own_speed": len(own), "quality_source": quality_src,
@@ -181,6 +183,11 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
                 "effects_by_rps": {rps: e.as_dict() for rps, e in effects.items()},
                 "profile": str(profile_path(spec.model_dir, "cpu"))}
     return sim, measured
+
+
+def _run_scales(speeds: dict | None, rps: float, policy: str, scale: float | None) -> list[float]:
+    """Each live repeat's step_scale: its own steps' ratio to the profile ÷ the profile's factor."""
+    return [round(f / (scale or 1.0), 4) for (r, p, _), f in sorted((speeds or {}).items()) if (r, p) == (rps, policy)]
 
 
 def step_loop_effects(rps: float, runs: list[dict], pairs: Pairs) -> dict[str, float]:
@@ -204,8 +211,9 @@ def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
     factors = step_factors(runs, setup)
     if not factors:
         return calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects), effects, "forward_times"
-    low = factors[min(factors)]
-    return low, {rps: replace(e, cpu_cores=0.0, step_scale=round(factors[rps] / low, 4))
+    low, sizes = factors[min(factors)], size_factors(runs, setup)
+    return low, {rps: replace(e, cpu_cores=0.0, step_scale=round(factors[rps] / low, 4),
+                              step_scale_by_tokens=sizes.get(rps, ()))
                  for rps, e in effects.items()}, "step_samples"
 
 

@@ -142,3 +142,22 @@ def step_scale(live_forward_s: dict[str, list[float]], res: SimResult) -> float 
 
 def summary(res: SimResult, duration_s: float) -> dict:
     return summarize(res, duration_s)
+
+
+def simulate_repeats(policy: str, requests: list[SimRequest], setup: SimSetup, effects: ClusterEffects,
+                     duration_s: float, step_scales: list[float]) -> dict:
+    """One point simulated once, or with ``step_scales`` once per live repeat at that run's own machine
+    speed: the mean of their summaries, with each repeat's attainment under ``repeats``."""
+    if not step_scales:
+        return summary(simulate_point(policy, requests, setup, effects), duration_s)
+    runs = [summary(simulate_point(policy, requests, setup, replace(effects, step_scale=s)), duration_s)
+            for s in step_scales]
+    out = {k: _mean([r[k] for r in runs]) for k in runs[0]}
+    out["repeats"] = [{"step_scale": s, "slo_attainment": r["slo_attainment"]} for s, r in zip(step_scales, runs)]
+    return out
+
+
+def _mean(values: list) -> float | None:
+    if any(v is None for v in values):
+        return None
+    return round(statistics.fmean(values), 6)

@@ -39,6 +39,11 @@ class ClusterEffects:
     # the spread sets how slow the policy thinks the steps are, and so its budgets and admission.
     step_cv: float = 0.0
     step_overhead_per_request_s: float = 0.0
+    # (tokens, factor) knots, tokens ascending: a step of t tokens takes step_scale × the factor
+    # interpolated linearly in log t, clamped at the ends (none: 1). The profile's shape as this machine
+    # ran it under the load: big steps slowed more than small ones by the services' CPU, or a profile
+    # measured on another machine
+    step_scale_by_tokens: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
@@ -47,6 +52,9 @@ class ClusterEffects:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heartbeat_s <= 0 or self.tick_s <= 0 or self.step_scale <= 0:
             raise ValueError("heartbeat_s, tick_s and step_scale must be > 0")
+        knots = self.step_scale_by_tokens
+        if any(t <= 0 or f <= 0 for t, f in knots) or any(a[0] >= b[0] for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"step_scale_by_tokens wants (tokens, factor) > 0 with tokens ascending, got {knots}")
         if not 0.0 <= self.cost_quantile < 1.0:
             raise ValueError(f"cost_quantile must be in [0, 1), got {self.cost_quantile}")
 
@@ -55,6 +63,17 @@ class ClusterEffects:
         if self.cpu_cores <= 0:
             return self.step_scale
         return self.step_scale * max(1.0, (stepping + self.service_cores) / self.cpu_cores)
+
+    def size_scale(self, tokens: int) -> float:
+        """The factor ``step_scale_by_tokens`` puts on a step of ``tokens`` tokens."""
+        knots = self.step_scale_by_tokens
+        if not knots or tokens <= knots[0][0]:
+            return knots[0][1] if knots else 1.0
+        for (t0, f0), (t1, f1) in zip(knots, knots[1:]):
+            if tokens <= t1:
+                w = math.log(tokens / t0) / math.log(t1 / t0)
+                return f0 + w * (f1 - f0)
+        return knots[-1][1]
 
     def step_loop_s(self, num_requests: int) -> float:
         """The worker's time around one step of ``num_requests`` requests, outside its forward."""

@@ -65,6 +65,10 @@ class SimInstance:
     node: int = -1  # planner runs: the node holding its GPUs (shared/sim/planner.py)
     state: str = "live"  # launching | live | draining | stopping | gone (planner runs only change it)
 
+    def step_tokens(self) -> int:
+        """The tokens the next step runs: a refreshing request its whole sequence, the others a block."""
+        return sum(r.full_len if r.needs_refresh else r.block_len for r in self.members.values())
+
     def start_step(self, now_s: float, cost: CostModel, truth: CostModel, predictor: StepPredictor,
                    params: ThresholdParams, scale: float = 1.0) -> float:
         """Choose τ for everyone and return the step's latency (the caller schedules its end); ``scale``
@@ -72,7 +76,7 @@ class SimInstance:
         batch = list(self.members.values())
         n, block = len(batch), batch[0].block_len
         full_sum = sum(r.full_len for r in batch)
-        tokens = sum(r.full_len if r.needs_refresh else r.block_len for r in batch)
+        tokens = self.step_tokens()
         bc = batch_cost(cost, self.config, full_sum, n, block)
         for r in batch:
             r.tau = choose_threshold(
