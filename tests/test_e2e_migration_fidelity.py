@@ -56,6 +56,9 @@ async def _post_all(c: PrivateCluster, bodies: list[dict]) -> list[httpx.Respons
         return await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
 
 
+SLACK_MS = 600_000  # a deadline far away: it only tells the test each request's arrival
+
+
 def test_live_block_boundary_migration_keeps_the_output(cl):
     cl.scheduler("balance", cl.run_dir / "migration.jsonl")
     cl.wait_workers(2)
@@ -73,8 +76,8 @@ def test_live_block_boundary_migration_keeps_the_output(cl):
 
         await bus.subscribe(subjects.request_released(), RequestReleased, on_released)
         await bus.flush()
-        task = asyncio.ensure_future(_post_all(cl, [{"prompt": _prompt(i), "max_tokens": MAX_TOKENS}
-                                                    for i in range(n)]))
+        task = asyncio.ensure_future(_post_all(cl, [{"prompt": _prompt(i), "max_tokens": MAX_TOKENS,
+                                                     "dlm": {"slo_ms": SLACK_MS}} for i in range(n)]))
         await asyncio.sleep(1.0)  # the burst is on worker-0 and in the queue
         os.kill(w1.pid, signal.SIGCONT)
         resps = await task
@@ -96,6 +99,12 @@ def test_live_block_boundary_migration_keeps_the_output(cl):
     for rid, i in prompts.items():
         body = bodies[rid]
         assert body["dlm"]["worker_id"] != last_src[rid], body["dlm"]  # it finished where it moved to
+        # its timings cover its whole life: the first assignment and receipt, the workers' time summed
+        dlm, t = body["dlm"], body["dlm"]["timings"]
+        assert dlm["migrations"] == sum(e.request_id == rid for e in released), dlm
+        arrival_s = dlm["deadline_s"] - SLACK_MS / 1000
+        first_release_s = min(e.released_s for e in released if e.request_id == rid)
+        assert arrival_s + (t["to_scheduler_ms"] + t["to_worker_ms"]) / 1000 < first_release_s, (t, first_release_s)
         ref = httpx.post(cl.url + "/v1/completions", json={"prompt": _prompt(i), "max_tokens": MAX_TOKENS},
                          timeout=60).json()
         assert body["choices"][0]["text"] == ref["choices"][0]["text"], (rid, body["choices"][0], ref["choices"][0])

@@ -361,6 +361,57 @@ def test_live_step_samples_set_the_simulated_speed_at_each_rate(tmp_path: Path):
     assert eff[2.0]["cpu_cores"] == eff[4.0]["cpu_cores"] == 0.0
 
 
+def test_step_size_factors_interpolate_in_log_tokens_and_clamp_at_the_ends():
+    e = ClusterEffects(step_scale_by_tokens=((16.0, 1.2), (256.0, 0.8)))
+    assert e.size_scale(8) == e.size_scale(16) == 1.2 and e.size_scale(1024) == 0.8
+    assert e.size_scale(64) == pytest.approx(1.0)  # halfway between 16 and 256 in log tokens
+    assert ClusterEffects().size_scale(100) == 1.0
+    for bad in (((256.0, 1.0), (16.0, 1.0)), ((16.0, 0.0),), ((0.0, 1.0),)):
+        with pytest.raises(ValueError, match="step_scale_by_tokens"):
+            ClusterEffects(step_scale_by_tokens=bad)
+    reqs = _lone(3)
+    assert _latency(ClusterEffects(step_scale_by_tokens=((1.0, 2.0),)), reqs) == pytest.approx(
+        [2 * b for b in _latency(None, reqs)])
+
+
+def test_simulate_reads_step_size_factors_and_refuses_bad_ones():
+    from shared.sim.cli import add_effect_arguments, effects_from_args
+    parser = argparse.ArgumentParser()
+    add_effect_arguments(parser)
+    e = effects_from_args(parser.parse_args(["--step-scale-by-tokens", "16:1.05,512:1.2"]))
+    assert e.step_scale_by_tokens == ((16.0, 1.05), (512.0, 1.2))
+    for bad in ("16", "16:x", "16:1:2", "512:1,16:1"):
+        with pytest.raises(SystemExit, match="step-scale-by-tokens|step_scale_by_tokens"):
+            effects_from_args(parser.parse_args(["--step-scale-by-tokens", bad]))
+
+
+def test_each_repeat_is_simulated_at_its_own_speed_and_steps_by_their_size(tmp_path: Path):
+    # two repeats of one point, on a machine 2× and 2.4× the profile, where steps of 512 tokens ran 1.5×
+    # slower than the rest: each repeat is simulated at its own speed, and the size factors hold the shape
+    from shared.profiles import profile_path
+    from tooling.experiment_metrics import STEPS
+    from tooling.experiment_sim import SIM_CONFIG, profile_cost
+    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0], repeats=2, sim_cores=2.0, workers=1,
+                          workload=wspec(duration_s=10.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
+    work = {2.0: build_workload(spec.workload, 2.0, encode)}
+    profile = profile_cost(profile_path(spec.model_dir, "cpu"))
+    runs = []
+    for repeat, speed in ((0, 2.0), (1, 2.4)):
+        run = dict(_run("fcfs", 2.0, repeat, 1.0), run_dir=str(tmp_path / f"r{repeat}"))
+        Path(run["run_dir"]).mkdir()
+        steps = [(t, speed * (1.5 if t == 512 else 1.0) * profile.latency(SIM_CONFIG, t))
+                 for t in [16] * 60 + [512] * 60]
+        (Path(run["run_dir"]) / STEPS).write_text(json.dumps(steps))
+        runs.append(run)
+    pairs = [(RunKey(k, 2.0, "fcfs"), w, Outcome(True, 0.1, slo_met=True, kind=SERVED, threshold_mean=0.9, steps=5,
+                                                 timings_ms={"worker_forward_ms": 50.0, "worker_ms": 60.0}))
+             for k in (0, 1) for w in work[2.0]]
+    sim, measured = run_sim(spec, work, runs, pairs)
+    assert [r["step_scale"] for r in sim[(2.0, "fcfs")]["repeats"]] == pytest.approx([2.0 / 2.2, 2.4 / 2.2], rel=1e-3)
+    knots = measured["effects_by_rps"][2.0]["step_scale_by_tokens"]
+    assert [t for t, _ in knots] == [16.0, 512.0] and knots[1][1] / knots[0][1] == pytest.approx(1.5, rel=1e-3)
+
+
 def test_generator_lag_is_reported_and_resimulating_may_change_only_simulation_settings():
     from tooling.experiment_metrics import send_lag_ms
     from tooling.experiment_run import live_config

@@ -60,6 +60,7 @@ def dlm_object(fin: RequestFinished, slo_ms: float | None, priority: int, min_th
         "steps": st.num_steps if st else 0,
         "refresh_steps": st.num_refresh_steps if st else 0,
         "reuse_steps": st.num_reuse_steps if st else 0,
+        "migrations": st.num_migrations if st else 0,
         "worker_id": st.worker_id if st else None,
         "sampling": sampling_object(sampling),
     }

@@ -27,7 +27,8 @@ from shared.schemas.requests import BlockCommitted
 from shared.schemas.cluster import PlannerHeartbeat, SchedulerHeartbeat, WorkerHeartbeat
 from shared.schemas.records import TERMINAL_STATES
 from shared.schemas.requests import (
-    Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps, deadline_refusal,
+    Assignment, AssignmentAck, CancelRequest, RequestFinished, SubmitRequest, ThresholdCaps, WorkSoFar,
+    deadline_refusal,
 )
 from shared.transport import Bus, Delivery, Store
 from shared.transport.bus import NoResponders
@@ -50,6 +51,7 @@ class _Entry:
     persisted: bool = False  # Redis holds an assignment for it: its JetStream message may be acked at once
     migrating_from: str | None = None  # the worker that still holds it until it is released at a boundary
     blocks_done: int = 0  # highest block count reported (a resumed request re-announces earlier blocks)
+    prior: WorkSoFar | None = None  # what the workers it migrated off did: rides on its next assignment
 
 
 @dataclass
@@ -310,7 +312,7 @@ class SchedulerService:
         entry = self.entries.get(evt.request_id)
         if entry is None or entry.migrating_from != evt.worker_id:
             return
-        entry.migrating_from = None
+        entry.migrating_from, entry.prior = None, evt.work or entry.prior
         dst = self.policy.instance_of(evt.request_id)
         if dst is not None:
             rid = evt.request_id
@@ -432,7 +434,7 @@ class SchedulerService:
         a = Assignment(request_id=s.request_id, prompt_ids=s.prompt_ids, max_tokens=s.max_tokens, arrival_s=s.arrival_s,
                        assigned_s=now, threshold_cap=cap, min_threshold=s.min_threshold,
                        deadline_s=deadline_s if math.isfinite(deadline_s) else None,
-                       priority=s.priority, resume=current != "queued", sampling=s.sampling)
+                       priority=s.priority, resume=current != "queued", sampling=s.sampling, prior=entry.prior)
         try:
             ack = await self.bus.request(subjects.worker_assign(worker_id), a, AssignmentAck, self.cfg.assign_timeout_s, headers)
         except NoResponders:  # NATS knows no such subscriber: the process is gone, no need to wait for heartbeats

@@ -28,6 +28,7 @@ from shared.schemas.engine import DecodeState
 from shared.schemas.migration import MigrateRequest, RequestReleased
 from shared.schemas.requests import (
     Assignment, AssignmentAck, BlockCommitted, CancelRequest, RequestFinished, RequestStats, Sampling, ThresholdCaps,
+    WorkSoFar,
 )
 from shared.transport import Bus, Store
 
@@ -46,6 +47,15 @@ class _Meta:
     thresholds_used: list[float] = field(default_factory=list)
     forward_s: float = 0.0
     stop: StopWatch | None = None
+
+
+def _work_so_far(m: _Meta, moves: int = 0) -> WorkSoFar:
+    """Its time on this worker added to what the workers it left did (``Assignment.prior``); ``moves``:
+    the migration under way, counted when it leaves."""
+    p, a = m.assignment.prior or WorkSoFar(), m.assignment
+    return WorkSoFar(assigned_at_s=p.assigned_at_s or a.assigned_s, received_at_s=p.received_at_s or m.received_s,
+                     worker_s=p.worker_s + time.monotonic() - m.received_mono, forward_s=p.forward_s + m.forward_s,
+                     num_migrations=p.num_migrations + moves)
 
 
 def _load_decode(configured_dir: str) -> Decode | None:
@@ -279,12 +289,13 @@ class WorkerService:
                 state = next((s for s in self.pending if s.request_id == rid), None)
                 self.pending = [s for s in self.pending if s.request_id != rid]
             self.at_boundary.discard(rid)
-            if state is None or self.meta.pop(rid, None) is None:
+            m = self.meta.pop(rid, None)
+            if state is None or m is None:
                 continue  # finished or cancelled meanwhile
             await self._save_checkpoint(state)
             log.info("released %s at block %d/%d (migrating)", rid, state.block_index, state.num_blocks)
             evt = RequestReleased(request_id=rid, worker_id=self.worker_id, block_index=state.block_index,
-                                  released_s=time.time())
+                                  released_s=time.time(), work=_work_so_far(m, moves=1))
             await self._publish_release(evt)
 
     async def _publish_release(self, evt: RequestReleased) -> None:
@@ -400,13 +411,14 @@ class WorkerService:
         else:
             reason = "cancelled"
         used = m.thresholds_used or [m.threshold]
+        done = _work_so_far(m)
         stats = RequestStats(
             worker_id=self.worker_id, thresholds_used=sorted(set(used), reverse=True),
             threshold_mean=sum(used) / len(used), num_steps=state.num_steps,
             num_refresh_steps=state.num_refresh_steps, num_reuse_steps=state.num_reuse_steps,
-            queue_s=max(0.0, m.received_s - m.assignment.arrival_s),
-            worker_s=time.monotonic() - m.received_mono, worker_forward_s=m.forward_s,
-            assigned_at_s=m.assignment.assigned_s, received_at_s=m.received_s,
+            queue_s=max(0.0, done.received_at_s - m.assignment.arrival_s), worker_s=done.worker_s,
+            worker_forward_s=done.forward_s, assigned_at_s=done.assigned_at_s, received_at_s=done.received_at_s,
+            num_migrations=done.num_migrations,
         )
         fin = RequestFinished(request_id=state.request_id, status=status, finish_reason=reason,  # type: ignore[arg-type]
                               output_ids=out, num_prompt_tokens=len(state.prompt_ids), stats=stats, finished_s=time.time())

@@ -4,6 +4,7 @@ the new worker resumes from the block-boundary checkpoint, so the output is the 
 from __future__ import annotations
 
 from shared.schemas.base import Message
+from shared.schemas.requests import WorkSoFar
 
 
 class MigrateRequest(Message, tag="migrate_request"):
@@ -22,3 +23,4 @@ class RequestReleased(Message, tag="request_released"):
     worker_id: str
     block_index: int
     released_s: float
+    work: WorkSoFar | None = None  # its time on this worker and those before it, this move counted

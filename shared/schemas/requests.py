@@ -57,6 +57,17 @@ class SubmitRequest(Message, tag="submit_request"):
     sampling: Sampling | None = None  # None: greedy, no stop strings
 
 
+class WorkSoFar(Message, tag="work_so_far"):
+    """A request's time on the workers that held it before a block-boundary migration, so that its
+    final timings cover its whole life: the first assignment and receipt, and durations (s) summed."""
+
+    assigned_at_s: float = 0.0  # unix time of its first persisted assignment
+    received_at_s: float = 0.0  # unix time its first worker received it
+    worker_s: float = 0.0  # on the workers it left (received → released)
+    forward_s: float = 0.0  # the forward steps it took part in there
+    num_migrations: int = 0  # block-boundary moves between workers so far
+
+
 class Assignment(Message, tag="assignment"):
     """Scheduler → one worker (request/reply). ``threshold_cap`` bounds τ from above, the floor from below."""
 
@@ -71,6 +82,7 @@ class Assignment(Message, tag="assignment"):
     priority: int = 0
     resume: bool = False  # it ran before (worker died / restart): continue from the Redis checkpoint
     sampling: Sampling | None = None
+    prior: WorkSoFar | None = None  # a migrated request: what the workers it left did
 
 
 class AssignmentAck(Message, tag="assignment_ack"):
@@ -113,11 +125,14 @@ class RequestStats(Message, tag="request_stats"):
     num_steps: int = 0
     num_refresh_steps: int = 0
     num_reuse_steps: int = 0
-    queue_s: float = 0.0  # gateway arrival → worker received the assignment (clock of both hosts)
-    worker_s: float = 0.0  # worker received → finished: the request's time on the model instance
-    worker_forward_s: float = 0.0  # sum of the forward steps it took part in
-    assigned_at_s: float = 0.0  # unix time the scheduler persisted the assignment
-    received_at_s: float = 0.0  # unix time the worker received it
+    queue_s: float = 0.0  # gateway arrival → its first worker received the assignment (clock of both hosts)
+    # its time on the model instances, received → finished, summed over the workers that held it (a
+    # migration's transit between two of them is not in it: that is the control plane's)
+    worker_s: float = 0.0
+    worker_forward_s: float = 0.0  # sum of the forward steps it took part in, on every worker
+    assigned_at_s: float = 0.0  # unix time the scheduler persisted its first assignment
+    received_at_s: float = 0.0  # unix time its first worker received it
+    num_migrations: int = 0  # block-boundary moves between workers
 
 
 class RequestFinished(Message, tag="request_finished"):
