@@ -149,8 +149,9 @@ def load_sweep(out: Path, spec: ExperimentSpec, workloads: dict[float, list[Requ
 
 def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: list[dict],
             pairs: Pairs) -> tuple[dict, dict]:
-    """Every (rate, policy) simulated once (the workload is the same in every repeat), with the effects
-    measured live and the steps as fast as the live ones (speed_of_steps)."""
+    """Every (rate, policy) simulated with the effects measured live and the steps as fast as the live
+    ones (speed_of_steps): once per repeat at that run's own speed where the runs saved their steps (the
+    workload is the same in every repeat, the machine's speed is not), else once."""
     from tooling.experiment_sim import (measured_effects, profile_cost, quality_model, scaled,
                                         simulate_repeats, speed_summary, with_speeds)
 
