@@ -408,6 +408,8 @@ def test_each_repeat_is_simulated_at_its_own_speed_and_steps_by_their_size(tmp_p
              for k in (0, 1) for w in work[2.0]]
     sim, measured = run_sim(spec, work, runs, pairs)
     assert [r["step_scale"] for r in sim[(2.0, "fcfs")]["repeats"]] == pytest.approx([2.0 / 2.2, 2.4 / 2.2], rel=1e-3)
+    gap = points(runs, sim, {2.0: len(work[2.0])})[0]["policies"]["fcfs"]["gap"]  # and repeat by repeat
+    assert gap["attainment_by_repeat"] == [pytest.approx(r["slo_attainment"] - 1.0) for r in sim[(2.0, "fcfs")]["repeats"]]
     knots = measured["effects_by_rps"][2.0]["step_scale_by_tokens"]
     assert [t for t, _ in knots] == [16.0, 512.0] and knots[1][1] / knots[0][1] == pytest.approx(1.5, rel=1e-3)
 

@@ -22,19 +22,26 @@ def points(runs: list[dict], sim: dict[tuple[float, str], dict], requests: dict[
         for (rate, policy), agg in live.items():
             if rate == rps:
                 s = sim.get((rps, policy))
-                pols[policy] = {"live": agg, "sim": s, "gap": gaps(agg, s)}
+                mine = sorted((r for r in runs if (r["rps"], r["policy"]) == (rps, policy)), key=lambda r: r["repeat"])
+                pols[policy] = {"live": agg, "sim": s, "gap": gaps(agg, s, [r["live"]["slo_attainment"] for r in mine])}
         out.append({"rps": rps, "requests": requests.get(rps), "policies": dict(sorted(pols.items()))})
     return out
 
 
-def gaps(live: dict, sim: dict | None) -> dict:
-    """Simulated − live attainment, and simulated p50 latency relative to live (the fidelity figures)."""
+def gaps(live: dict, sim: dict | None, live_by_repeat: list[float | None] | None = None) -> dict:
+    """Simulated − live attainment, and simulated p50 latency relative to live (the fidelity figures);
+    where each repeat was simulated on its own, also simulated − live attainment repeat by repeat."""
     if sim is None:
         return {}
     att, p50 = live["slo_attainment"]["mean"], live["latency_p50_s"]["mean"]
     s_att, s_p50 = sim.get("slo_attainment"), sim.get("latency_p50_s")
-    return {"attainment": None if att is None or s_att is None else round(s_att - att, 6),
-            "latency_p50_rel": None if not p50 or s_p50 is None else round(s_p50 / p50 - 1.0, 6)}
+    out = {"attainment": None if att is None or s_att is None else round(s_att - att, 6),
+           "latency_p50_rel": None if not p50 or s_p50 is None else round(s_p50 / p50 - 1.0, 6)}
+    reps = sim.get("repeats") or []
+    if reps and live_by_repeat is not None and len(reps) == len(live_by_repeat):
+        out["attainment_by_repeat"] = [None if a is None or r["slo_attainment"] is None else
+                                       round(r["slo_attainment"] - a, 6) for r, a in zip(reps, live_by_repeat)]
+    return out
 
 
 def _clean(v):
