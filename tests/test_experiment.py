@@ -374,42 +374,6 @@ def test_step_size_factors_interpolate_in_log_tokens_and_clamp_at_the_ends():
         [2 * b for b in _latency(None, reqs)])
 
 
-def test_busy_factors_interpolate_in_requests_and_slow_only_a_busy_cluster():
-    e = ClusterEffects(step_scale_by_in_flight=((0.0, 0.9), (10.0, 1.1)))
-    assert e.busy_scale(0) == 0.9 and e.busy_scale(5) == pytest.approx(1.0) and e.busy_scale(50) == 1.1
-    with pytest.raises(ValueError, match="step_scale_by_in_flight"):
-        ClusterEffects(step_scale_by_in_flight=((10.0, 1.0), (5.0, 1.0)))
-    busy = ClusterEffects(step_scale_by_in_flight=((1.0, 1.0), (2.0, 3.0)))  # 3× with two requests in
-    lone = _lone(1)
-    assert _latency(busy, lone) == pytest.approx(_latency(None, lone))  # alone: one in flight, 1×
-    pair = _lone(2, gap=0.0)
-    assert all(b > 1.5 * a for a, b in zip(_latency(None, pair), _latency(busy, pair)))
-
-
-def test_steps_heard_while_the_cluster_was_busy_set_the_busy_factors(tmp_path: Path):
-    # the first half of the requests is answered at once, the second half is still in flight at the end
-    # (20–35 in flight from 24 s on): steps heard then ran 1.2× those heard while nearly nothing was
-    from shared.profiles import profile_path
-    from tooling.experiment_metrics import STEP_TIMES, STEPS
-    from tooling.experiment_sim import SIM_CONFIG, profile_cost
-    spec = ExperimentSpec(policies=["fcfs"], rates=[2.0], repeats=1, sim_cores=2.0, workers=1,
-                          workload=wspec(duration_s=30.0, classes=(SloClass("default", 1.0, 1.0),), slo_ms=5000.0))
-    work = {2.0: build_workload(spec.workload, 2.0, encode)}
-    profile = profile_cost(profile_path(spec.model_dir, "cpu"))
-    run = dict(_run("fcfs", 2.0, 0, 1.0), run_dir=str(tmp_path))
-    quiet, busy = [(3.0 + k * 0.1, 1.0) for k in range(60)], [(25.0 + k * 0.05, 1.2) for k in range(60)]
-    (tmp_path / STEPS).write_text(json.dumps([(16, f * profile.latency(SIM_CONFIG, 16)) for _, f in quiet + busy]))
-    (tmp_path / STEP_TIMES).write_text(json.dumps([t for t, _ in quiet + busy]))
-    pairs = [(RunKey(0, 2.0, "fcfs"), w, Outcome(True, 0.05 if w.shot.at_s < 15.0 else 30.0, slo_met=True, kind=SERVED,
-                                                 threshold_mean=0.9, steps=5,
-                                                 timings_ms={"worker_forward_ms": 50.0, "worker_ms": 60.0}))
-             for w in work[2.0]]
-    _, measured = run_sim(spec, work, [run], pairs)
-    knots = measured["effects_by_rps"][2.0]["step_scale_by_in_flight"]
-    assert len(knots) == 2 and knots[0][0] < 5 and 20 <= knots[1][0] < 40
-    assert knots[1][1] / knots[0][1] == pytest.approx(1.2, rel=1e-3)
-
-
 def test_simulate_reads_step_size_factors_and_refuses_bad_ones():
     from shared.sim.cli import add_effect_arguments, effects_from_args
     parser = argparse.ArgumentParser()

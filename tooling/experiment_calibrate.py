@@ -3,7 +3,6 @@ is scaled by (calibrate), and each run's own slowdown (slowdowns), for ``dilaser
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import statistics
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_metrics import GAPS, STEP_TIMES, STEPS, in_flight, steps_vs_profile
+from tooling.experiment_metrics import GAPS, STEPS, steps_vs_profile
 from tooling.experiment_sim import SIM_CONFIG, SimSetup, scaled, simulate_point, step_scale
 from tooling.experiment_workload import Request
 from tooling.loadgen import SERVED, Outcome
@@ -112,55 +111,6 @@ def size_factors(runs: list[dict], setup: SimSetup) -> dict[float, tuple[tuple[f
                 knots.append((round(size, 1), round(sum(x[1] for x in b) / sum(x[2] for x in b) / total, 4)))
         out[rps] = tuple(knots)
     return out
-
-
-IN_FLIGHT_EDGES = (5, 10, 20, 40, 80)  # bins of requests in flight for the busy factors
-
-
-def run_step_times(run_dir: str | None) -> list[float] | None:
-    """When each of the run's saved step samples was heard (s since its replay began); None without."""
-    if not run_dir or not (path := Path(run_dir) / STEP_TIMES).is_file():
-        return None
-    return [float(t) for t in json.loads(path.read_text())]
-
-
-def busy_factors(runs: list[dict], pairs: Pairs, setup: SimSetup, sizes: dict[float, tuple],
-                 half_beat_s: float) -> dict[float, tuple[tuple[float, float], ...]]:
-    """Per rate: ``ClusterEffects.step_scale_by_in_flight`` knots from the runs that saved when their
-    steps were heard. Each step's latency against the profile at its size (and the rate's size
-    factors), binned by the requests in flight (sent, not yet answered) half a heartbeat before it was
-    heard: Σ live ÷ Σ priced in each bin with ≥ 50 steps ÷ the rate's ratio over all of them, at the
-    bin's mean count."""
-    out = {}
-    for rps in sorted({r["rps"] for r in runs}):
-        scale = ClusterEffects(step_scale_by_tokens=sizes.get(rps, ()))
-        rows = []
-        for run in (r for r in runs if r["rps"] == rps):
-            steps, times = run_steps(run.get("run_dir")), run_step_times(run.get("run_dir"))
-            if not steps or not times or len(steps) != len(times):
-                continue
-            n_at = in_flight(_intervals(pairs, run))
-            rows += [(n_at(t - half_beat_s), lat, setup.cost.latency(SIM_CONFIG, tok) * scale.size_scale(tok))
-                     for (tok, lat), t in zip(steps, times) if tok > 0 and lat > 0]
-        out[rps] = _binned_knots(rows)
-    return out
-
-
-def _intervals(pairs: Pairs, run: dict) -> list[tuple[float, float]]:
-    """(sent, answered) in s since the replay began, for each request of one run."""
-    return [(w.shot.at_s + (o.send_lag_s or 0.0), w.shot.at_s + (o.send_lag_s or 0.0) + (o.latency_s or 0.0))
-            for key, w, o in pairs if (key.rps, key.policy, key.repeat) == (run["rps"], run["policy"], run["repeat"])]
-
-
-def _binned_knots(rows: list[tuple[int, float, float]]) -> tuple[tuple[float, float], ...]:
-    if not rows:
-        return ()
-    total = sum(r[1] for r in rows) / sum(r[2] for r in rows)
-    bins: dict[int, list[tuple[int, float, float]]] = {}
-    for row in rows:
-        bins.setdefault(bisect.bisect_right(IN_FLIGHT_EDGES, row[0]), []).append(row)
-    return tuple((round(statistics.fmean(r[0] for r in b), 1), round(sum(r[1] for r in b) / sum(r[2] for r in b) / total, 4))
-                 for _, b in sorted(bins.items()) if len(b) >= SIZE_MIN_STEPS)
 
 
 def speed_warning(runs: list[dict], limit: float = 1.5) -> str | None:

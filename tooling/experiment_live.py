@@ -27,7 +27,6 @@ class LiveRun:
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of start, warm-up, replay, stop
     steps: list[tuple[int, float]] = field(default_factory=list)  # (tokens, latency s) of the workers' steps
     gaps: list[tuple[int, float]] = field(default_factory=list)  # (requests, step-loop s outside the forward)
-    step_times: list[float] = field(default_factory=list)  # s since the replay began that each step was heard
 
 
 def policy_env(policy: str, global_slo_s: float, block_len: int) -> dict[str, str]:
@@ -78,39 +77,29 @@ async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Ou
         return list(outcomes), time.perf_counter() - start
 
 
-@dataclass
-class HeardSteps:
-    """What the workers' heartbeats reported during a replay."""
-
-    steps: list[tuple[int, float]] = field(default_factory=list)  # (tokens, latency s)
-    gaps: list[tuple[int, float]] = field(default_factory=list)  # (requests, step-loop s outside the forward)
-    times: list[float] = field(default_factory=list)  # per step: s since the replay began that it was heard
-
-
 async def replay_with_steps(url: str, nats_url: str, shots: list[Shot],
-                            timeout_s: float) -> tuple[list[Outcome], float, HeardSteps]:
-    """``replay``, while the workers' heartbeats are heard: the steps they report, the step loop's
-    time outside each forward, and when each step was heard."""
+                            timeout_s: float) -> tuple[list[Outcome], float, list[tuple[int, float]], list[tuple[int, float]]]:
+    """``replay``, while the workers' heartbeats are heard: the steps they report (tokens, latency) and
+    the step loop's time outside each forward (requests in the step, seconds)."""
     from shared import subjects
     from shared.schemas.cluster import WorkerHeartbeat
     from shared.transport.bus import Bus
 
-    heard, start = HeardSteps(), [time.perf_counter()]
+    steps: list[tuple[int, float]] = []
+    gaps: list[tuple[int, float]] = []
 
     async def on_heartbeat(hb: WorkerHeartbeat, headers: dict[str, str]) -> None:
-        heard.steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
-        heard.gaps.extend((s.num_requests, s.gap_before_s) for s in hb.step_samples if s.gap_before_s is not None)
-        heard.times.extend([round(time.perf_counter() - start[0], 4)] * len(hb.step_samples))
+        steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
+        gaps.extend((s.num_requests, s.gap_before_s) for s in hb.step_samples if s.gap_before_s is not None)
 
     bus = await Bus.connect(nats_url, "experiment")
     sub = await bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, on_heartbeat)
     try:
-        start[0] = time.perf_counter()
         outcomes, wall = await replay(url, shots, timeout_s)
     finally:
         await sub.unsubscribe()
         await bus.close()
-    return outcomes, wall, heard
+    return outcomes, wall, steps, gaps
 
 
 async def warm_up(url: str, shots: list[Shot], concurrency: int, duration_s: float,
@@ -144,7 +133,7 @@ def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[S
         warm = asyncio.run(warm_up(cluster.url, warmup, workers, warmup_s, timeout_s))
         marks.append(time.perf_counter())
         before = cpu_by_group(cluster)
-        outcomes, wall, heard = asyncio.run(replay_with_steps(cluster.url, cluster.nats_url,
+        outcomes, wall, steps, gaps = asyncio.run(replay_with_steps(cluster.url, cluster.nats_url,
                                                               [r.shot for r in workload], timeout_s))
         after = cpu_by_group(cluster)
         marks.append(time.perf_counter())
@@ -152,5 +141,4 @@ def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[S
         cluster.stop()
     marks.append(time.perf_counter())
     phases = {k: round(b - a, 3) for k, a, b in zip(("start", "warmup", "replay", "stop"), marks, marks[1:])}
-    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases,
-                   heard.steps, heard.gaps, heard.times)
+    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases, steps, gaps)

@@ -5,7 +5,6 @@ latency over served requests, τ weighted by each request's canvas."""
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
 from collections import defaultdict
@@ -208,13 +207,6 @@ def median_part(runs: list[dict], key: str) -> float:
 STEP_BIN = 1.1  # token counts within this factor of each other are "the same step" for the spread
 STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
 GAPS = "gaps.json"  # in each run's folder: [requests, step-loop s outside the forward] of those steps
-STEP_TIMES = "step_times.json"  # in each run's folder: per step of steps.json, s since the replay began it was heard
-
-
-def in_flight(intervals: list[tuple[float, float]]) -> Callable[[float], int]:
-    """t → how many of the (start, end) intervals hold t."""
-    starts, ends = sorted(a for a, _ in intervals), sorted(b for _, b in intervals)
-    return lambda t: bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
 
 
 def steps_vs_profile(samples: list[tuple[int, float]], profile_latency_s: Callable[[int], float]) -> float | None:

@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from shared.config import WorkerConfig
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_calibrate import (busy_factors, calibrate, run_factors, run_gaps, size_factors, slowdowns,
+from tooling.experiment_calibrate import (calibrate, run_factors, run_gaps, size_factors, slowdowns,
                                          speed_warning, step_factors)
-from tooling.experiment_metrics import (GAPS, STEP_TIMES, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
+from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
                                         step_overhead_s, step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
@@ -110,7 +109,6 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
         save_outcomes(run_dir, live.outcomes)
         (run_dir / STEPS).write_text(json.dumps(live.steps))
         (run_dir / GAPS).write_text(json.dumps(live.gaps))
-        (run_dir / STEP_TIMES).write_text(json.dumps(live.step_times))
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
@@ -215,9 +213,8 @@ def speed_of_steps(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
     if not factors:
         return calibrate(min(spec.rates), spec.policies, workloads, pairs, setup, effects), effects, "forward_times"
     low, sizes = factors[min(factors)], size_factors(runs, setup)
-    busy = busy_factors(runs, pairs, setup, sizes, WorkerConfig().heartbeat_interval_s / 2)
     return low, {rps: replace(e, cpu_cores=0.0, step_scale=round(factors[rps] / low, 4),
-                              step_scale_by_tokens=sizes.get(rps, ()), step_scale_by_in_flight=busy.get(rps, ()))
+                              step_scale_by_tokens=sizes.get(rps, ()))
                  for rps, e in effects.items()}, "step_samples"
 
 

@@ -104,8 +104,6 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker time per step outside the forward: this much more per request in the step")
     g.add_argument("--step-scale-by-tokens", default="", metavar="T:F,...",
                    help="steps of T tokens take F × more (interpolated in log tokens), e.g. 16:1.05,512:1.2")
-    g.add_argument("--step-scale-by-in-flight", default="", metavar="N:F,...",
-                   help="steps starting with N requests in the cluster take F × more (interpolated), e.g. 0:0.96,20:1.05")
     g.add_argument("--step-cv", type=float, default=0.0,
                    help="steps of one size vary: a lognormal factor of mean 1 with this coefficient of variation")
 
@@ -115,18 +113,17 @@ def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
         return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat,
                               args.tick, args.cpu_cores, args.service_cores, args.cost_quantile, args.step_scale,
                               args.step_overhead, args.step_cv, args.step_overhead_per_request,
-                              _knots(args.step_scale_by_tokens, "--step-scale-by-tokens"),
-                              _knots(args.step_scale_by_in_flight, "--step-scale-by-in-flight"))
+                              _knots(args.step_scale_by_tokens))
     except ValueError as exc:
         raise SystemExit(f"simulate: {exc}") from None
 
 
-def _knots(spec: str, flag: str) -> tuple[tuple[float, float], ...]:
+def _knots(spec: str) -> tuple[tuple[float, float], ...]:
     """``"16:1.05,512:1.2"`` → ((16.0, 1.05), (512.0, 1.2))."""
     try:
         return tuple((float(t), float(f)) for t, f in (part.split(":") for part in spec.split(",") if part.strip()))
     except ValueError:
-        raise SystemExit(f"{flag}: want X:FACTOR,... like 16:1.05,512:1.2, got {spec!r}") from None
+        raise SystemExit(f"--step-scale-by-tokens: want TOKENS:FACTOR,... like 16:1.05,512:1.2, got {spec!r}") from None
 
 
 def build_spec(args: argparse.Namespace):

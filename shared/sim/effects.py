@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +44,6 @@ class ClusterEffects:
     # ran it under the load: big steps slowed more than small ones by the services' CPU, or a profile
     # measured on another machine
     step_scale_by_tokens: tuple[tuple[float, float], ...] = ()
-    # (requests in flight, factor) knots, ascending: a step that starts while n requests are in the
-    # cluster (arrived, not yet answered or refused) takes the factor interpolated linearly in n, clamped
-    # at the ends (none: 1). A busy cluster's services and load generator take CPU from the steps
-    step_scale_by_in_flight: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
@@ -57,8 +52,9 @@ class ClusterEffects:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.heartbeat_s <= 0 or self.tick_s <= 0 or self.step_scale <= 0:
             raise ValueError("heartbeat_s, tick_s and step_scale must be > 0")
-        _check_knots("step_scale_by_tokens", self.step_scale_by_tokens, low=1e-9)
-        _check_knots("step_scale_by_in_flight", self.step_scale_by_in_flight, low=0.0)
+        knots = self.step_scale_by_tokens
+        if any(t <= 0 or f <= 0 for t, f in knots) or any(a[0] >= b[0] for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"step_scale_by_tokens wants (tokens, factor) > 0 with tokens ascending, got {knots}")
         if not 0.0 <= self.cost_quantile < 1.0:
             raise ValueError(f"cost_quantile must be in [0, 1), got {self.cost_quantile}")
 
@@ -70,11 +66,14 @@ class ClusterEffects:
 
     def size_scale(self, tokens: int) -> float:
         """The factor ``step_scale_by_tokens`` puts on a step of ``tokens`` tokens."""
-        return _interpolate(self.step_scale_by_tokens, tokens, math.log)
-
-    def busy_scale(self, in_flight: int) -> float:
-        """The factor ``step_scale_by_in_flight`` puts on a step starting with ``in_flight`` requests in."""
-        return _interpolate(self.step_scale_by_in_flight, in_flight, float)
+        knots = self.step_scale_by_tokens
+        if not knots or tokens <= knots[0][0]:
+            return knots[0][1] if knots else 1.0
+        for (t0, f0), (t1, f1) in zip(knots, knots[1:]):
+            if tokens <= t1:
+                w = math.log(tokens / t0) / math.log(t1 / t0)
+                return f0 + w * (f1 - f0)
+        return knots[-1][1]
 
     def step_loop_s(self, num_requests: int) -> float:
         """The worker's time around one step of ``num_requests`` requests, outside its forward."""
@@ -90,18 +89,3 @@ class ClusterEffects:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _check_knots(name: str, knots: tuple[tuple[float, float], ...], low: float) -> None:
-    if any(x < low or f <= 0 for x, f in knots) or any(a[0] >= b[0] for a, b in zip(knots, knots[1:])):
-        raise ValueError(f"{name} wants (x, factor) knots with x ascending, x >= {low:g} and factor > 0, got {knots}")
-
-
-def _interpolate(knots: tuple[tuple[float, float], ...], x: float, warp: Callable[[float], float]) -> float:
-    """Piecewise-linear in ``warp(x)`` between the knots, clamped at the ends; 1 without knots."""
-    if not knots or x <= knots[0][0]:
-        return knots[0][1] if knots else 1.0
-    for (x0, f0), (x1, f1) in zip(knots, knots[1:]):
-        if x <= x1:
-            return f0 + (warp(x) - warp(x0)) / (warp(x1) - warp(x0)) * (f1 - f0)
-    return knots[-1][1]

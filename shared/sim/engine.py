@@ -93,7 +93,6 @@ class Simulator:
         self.reqs: dict[str, SimReq] = {}
         self.events: list[tuple[float, int, int, int]] = []
         self._seq = 0
-        self._in_flight = 0  # arrived, not yet finished or refused (ClusterEffects.busy_scale)
         self._tau_bins: dict[int, list[float]] = {}
         self._pending_restart: SimInstance | None = None  # the instance whose step just ended
         self.planner: SimPlanner | None = None
@@ -152,7 +151,6 @@ class Simulator:
         r = SimReq(spec.request_id, spec.arrival_s, spec.arrival_s + spec.slo_s, spec.prompt_len,
                    spec.output_len, self.block_len, spec.min_threshold, spec.speed, dict(spec.speed_by_tau))
         self.reqs[r.request_id] = r
-        self._in_flight += 1
         self.core.on_arrival(RequestView(r.request_id, r.arrival_s, r.true_deadline_s, r.prompt_len,
                                          r.output_len, self.block_len, spec.priority, spec.min_threshold), now)
 
@@ -162,7 +160,6 @@ class Simulator:
         self._record_tau(stepped, now)
         for r in finished:
             r.finish_s, r.outcome = now + self.effects.result_delay_s, "finished"
-            self._in_flight -= 1
             self.core.on_finished(r.request_id, now)
         for r in boundary:
             if r.move_to is not None:
@@ -194,7 +191,6 @@ class Simulator:
             self.reqs[rid].outcome = "rejected"
         for rid in out.dropped:
             self.reqs[rid].outcome = "dropped"
-        self._in_flight -= len(out.rejected) + len(out.dropped)
         for rid, cap in out.caps.items():
             self.reqs[rid].cap = cap
         for m in out.migrations:
@@ -240,7 +236,7 @@ class Simulator:
         if inst.busy or not inst.members:
             return
         scale = self.effects.latency_scale(1 + sum(1 for i in self.insts if i.busy))
-        scale *= self.effects.size_scale(inst.step_tokens()) * self.effects.busy_scale(self._in_flight)
+        scale *= self.effects.size_scale(inst.step_tokens())
         if self.effects.step_cv > 0:
             scale *= self.effects.step_factor(self._jitter)
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
