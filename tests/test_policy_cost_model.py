@@ -89,10 +89,20 @@ def test_cpu_and_gpu_workers_keep_separate_curves():
 
 def test_budget_and_throughput():
     cm = CostModel.llada8b_gh200()
-    assert cm.budget_for("tp1", 0.065) == 2048
+    assert cm.budget_for("tp1", 0.065) == 2148  # 2048 at 62 ms, 3072 at 92.7 ms: 3 ms more buys ~100 tokens
     assert cm.throughput("tp1", 2048) == pytest.approx(2048 / 0.062)
     with pytest.raises(ValueError):
         PiecewiseLinear([])
+
+
+def test_the_budget_moves_smoothly_with_the_curve():
+    # A refit that nudges the 896-token step just past the limit costs a few tokens, not half the budget.
+    cm = CostModel({"tp1": [(448, 0.05), (512, 0.055), (896, 0.0999), (1792, 0.2)]})
+    assert cm.budget_for("tp1", 0.1) == 896
+    nudged = CostModel({"tp1": [(448, 0.05), (512, 0.055), (896, 0.1001), (1792, 0.2)]})
+    assert 890 <= nudged.budget_for("tp1", 0.1) < 896
+    assert cm.budget_for("tp1", 10.0) == 1792  # never beyond the last profiled count
+    assert cm.budget_for("tp1", 0.001) == 448  # nor below the first
 
 
 def test_step_predictor_prior_interpolation_and_learning():
@@ -117,7 +127,7 @@ def test_a_uniformly_slower_machine_moves_the_sizes_not_yet_seen():
         cm.observe("tp1", 16, 0.006)
     assert cm.latency("tp1", 16) == pytest.approx(0.006, rel=0.02)  # the measured size, as before
     assert cm.latency("tp1", 1024) > 1.6 * 0.066  # and the rest of the curve with it (2^0.8 ≈ 1.74)
-    assert cm.budget_for("tp1", 0.1) == 512
+    assert cm.budget_for("tp1", 0.1) == 881  # interpolated between 512 (61 ms) and 1024 (115 ms)
     local = CostModel({"tp1": profile}, global_share=0.0)  # a refit of the two bracketing points only
     for _ in range(400):
         local.observe("tp1", 16, 0.006)

@@ -118,12 +118,19 @@ class CostModel:
         return tokens / self.latency(config, tokens)
 
     def budget_for(self, config: str, max_step_s: float) -> int:
-        """Largest profiled token count whose step latency stays within ``max_step_s`` (>= first point)."""
+        """Largest token count, up to the last profiled one, whose interpolated step latency stays within
+        ``max_step_s`` (at least the first point). Interpolated, not snapped to a profiled count: with
+        profile points at 512 and 896 a refit nudging the 896-token step past ``max_step_s`` would
+        otherwise halve the budget at once, and which side of it a busy cluster sits on would decide
+        whether it keeps up."""
         curve = self.curves[config]
         best = curve.xs[0]
-        for x, y in zip(curve.xs, curve.ys):
-            if y <= max_step_s:
-                best = x
+        points = list(zip(curve.xs, curve.ys))
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            if y1 <= max_step_s:
+                best = x1
+            elif y0 <= max_step_s:
+                best = max(best, x0 + (max_step_s - y0) / (y1 - y0) * (x1 - x0))
         return int(best)
 
     def ensure(self, config: str, like: str | None = None) -> None:
