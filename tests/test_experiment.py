@@ -494,3 +494,55 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
     assert [x["policies"] for x in again["points"]] == [x["policies"] for x in data["points"]]
     with pytest.raises(SystemExit, match="other settings"):
         experiment.main(p.parse_args(argv + ["--resimulate", "--slo-ms", "4000"]))
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit():  # the parent's pid is the 4th field, after "(name)"
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+        except (OSError, IndexError, ValueError):  # exited while listed
+            continue
+    found, todo = set(), [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.update(kids)
+        todo.extend(kids)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists()
+            and (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")}
+
+
+def test_sigterm_stops_the_cluster_an_experiment_started(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, "-m", "services.common.cli", "experiment", "--policies", "fcfs", "--rates", "3",
+            "--repeats", "1", "--duration", "60", "--workers", "1", "--warmup-s", "0", "--trace", "poisson",
+            "--slo-ms", "5000", "--tasks", "add", "--out-dir", str(tmp_path)]
+    exp = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("runs/*/logs/worker-0*")) and time.monotonic() < deadline:
+            time.sleep(0.5)  # NATS, Redis and the services run once the worker's log exists
+        started = _descendants(exp.pid)  # nats-server, redis-server, the services
+        assert len(started) >= 5, "the experiment's cluster never started"
+        exp.send_signal(signal.SIGTERM)
+        assert exp.wait(timeout=60) == 130
+        deadline = time.monotonic() + 10
+        while _alive(started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(started), "SIGTERM left the experiment's NATS, Redis or services running"
+    finally:
+        if exp.poll() is None:
+            exp.kill()
+        for pid in _alive(started | _descendants(exp.pid)):  # no strays for the rest of the suite
+            os.kill(pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -28,6 +29,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("services.worker.main", "run one worker (model instance)"),
     "supervisor": ("services.supervisor.main", "node supervisor: runs this node's workers, follows the plans"),
 }
+# Long-running services handle SIGTERM themselves (a graceful drain); every other command is a tool.
+SERVICES = {"gateway", "scheduler", "planner", "worker", "supervisor"}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
@@ -50,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
+    if args.command not in SERVICES:  # SIGTERM unwinds like Ctrl-C: the clusters a tool started are stopped
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:
