@@ -41,9 +41,10 @@ def tokens_needed(rps: float, tau: float, duration_s: float = 120.0, keep: float
 def main() -> None:
     cost = CostModel.llada8b_gh200()
     peak = max(cost.throughput("tp1", x) for x in cost.curves["tp1"].xs)  # tokens/s, largest profiled step
-    budget = cost.throughput("tp1", cost.budget_for("tp1", 0.065))
+    tokens = cost.budget_for("tp1", 0.065)
+    budget = cost.throughput("tp1", tokens)
     slo = 5 * 2.253
-    for label, tps in (("peak", peak), ("at the 2048-token budget", budget)):
+    for label, tps in (("peak", peak), (f"at the {tokens}-token budget", budget)):
         print(f"capacity by the last deadline ({label}, {tps:.0f} tok/s per TP1): "
               f"{16 * tps * (120 + slo) / 1e6:.1f} M tokens")
     for rps in (75, 95, 100, 105, 112.5, 115):
