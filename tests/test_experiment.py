@@ -514,8 +514,15 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    return {p for p in pids if Path(f"/proc/{p}").exists()
-            and (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")}
+    """Those still running (a zombie, left to an init that does not reap, has stopped)."""
+    out = set()
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(p)
+        except OSError:  # gone
+            continue
+    return out
 
 
 def test_sigterm_stops_the_cluster_an_experiment_started(tmp_path: Path):
