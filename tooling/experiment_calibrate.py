@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_metrics import GAPS, STEPS, steps_vs_profile
+from tooling.experiment_metrics import GAPS, STEP_TIMES, STEPS, steps_vs_profile
 from tooling.experiment_sim import SIM_CONFIG, SimSetup, scaled, simulate_point, step_scale
 from tooling.experiment_workload import Request
 from tooling.loadgen import SERVED, Outcome
@@ -49,6 +49,35 @@ def _saved_pairs(run_dir: str | None, name: str) -> list[tuple[int, float]] | No
     if not run_dir or not (path := Path(run_dir) / name).is_file():
         return None
     return [(int(n), float(x)) for n, x in json.loads(path.read_text())]
+
+
+def run_step_times(run_dir: str | None) -> list[tuple[float, int, float]] | None:
+    """The run's steps with their start times (s after the replay began, tokens, latency s); None for a
+    run saved without them."""
+    if not run_dir or not (path := Path(run_dir) / STEP_TIMES).is_file():
+        return None
+    return [(float(t), int(n), float(x)) for t, n, x in json.loads(path.read_text())]
+
+
+SPELL_S = 1.0  # a run's speed is followed in windows this long: a slow spell of a second or more queues
+SPELL_MIN_STEPS = 20  # a window with fewer steps keeps the run's own speed (factor 1)
+
+
+def run_spells(run_dir: str | None, setup: SimSetup, sizes: ClusterEffects) -> tuple[tuple[float, float], ...]:
+    """``ClusterEffects.step_scale_over_time`` knots for one run: in each window, Σ latency ÷ Σ profile
+    latency (× the rate's size factor) of the steps that started in it, ÷ the same over the whole run.
+    Empty for a run saved without step times."""
+    rows = run_step_times(run_dir)
+    if not rows:
+        return ()
+    priced = [(t, lat, setup.cost.latency(SIM_CONFIG, n) * sizes.size_scale(n)) for t, n, lat in rows if n > 0]
+    total = sum(x[1] for x in priced) / max(sum(x[2] for x in priced), 1e-12)
+    windows: dict[int, list[float]] = {}
+    for t, lat, price in priced:
+        w = windows.setdefault(math.floor(t / SPELL_S), [0.0, 0.0, 0])
+        w[0], w[1], w[2] = w[0] + lat, w[1] + price, w[2] + 1
+    return tuple((k * SPELL_S, round(w[0] / w[1] / total, 4) if w[2] >= SPELL_MIN_STEPS and w[1] > 0 else 1.0)
+                 for k, w in sorted(windows.items()))
 
 
 def run_steps_vs_profile(run_dir: str | None, setup: SimSetup) -> float | None:

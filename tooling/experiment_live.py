@@ -27,6 +27,8 @@ class LiveRun:
     phases_s: dict[str, float] = field(default_factory=dict)  # wall time of start, warm-up, replay, stop
     steps: list[tuple[int, float]] = field(default_factory=list)  # (tokens, latency s) of the workers' steps
     gaps: list[tuple[int, float]] = field(default_factory=list)  # (requests, step-loop s outside the forward)
+    # (start s after the replay began, tokens, latency s) of the same steps
+    step_times: list[tuple[float, int, float]] = field(default_factory=list)
 
 
 def policy_env(policy: str, global_slo_s: float, block_len: int) -> dict[str, str]:
@@ -77,29 +79,53 @@ async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Ou
         return list(outcomes), time.perf_counter() - start
 
 
+def step_starts(hb, origin_s: float) -> list[float]:
+    """When each step of a heartbeat began, in s after ``origin_s`` (wall clock; the workers run on this
+    machine): walked back from the heartbeat's send time through each step's latency and the step loop's
+    time before it. The last step is taken to end at the send, and an idle wait (no gap) as no time, so
+    a start is late by at most the heartbeat period."""
+    end, out = hb.sent_s - origin_s, []
+    for s in reversed(hb.step_samples):
+        start = end - s.latency_s
+        out.append(start)
+        end = start - (s.gap_before_s or 0.0)
+    return out[::-1]
+
+
+@dataclass
+class HeardSteps:
+    """What the workers' heartbeats reported during a replay."""
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    gaps: list[tuple[int, float]] = field(default_factory=list)
+    times: list[tuple[float, int, float]] = field(default_factory=list)
+
+
 async def replay_with_steps(url: str, nats_url: str, shots: list[Shot],
-                            timeout_s: float) -> tuple[list[Outcome], float, list[tuple[int, float]], list[tuple[int, float]]]:
-    """``replay``, while the workers' heartbeats are heard: the steps they report (tokens, latency) and
-    the step loop's time outside each forward (requests in the step, seconds)."""
+                            timeout_s: float) -> tuple[list[Outcome], float, HeardSteps]:
+    """``replay``, while the workers' heartbeats are heard: the steps they report (tokens, latency), the
+    step loop's time outside each forward (requests in the step, seconds) and when each step began."""
     from shared import subjects
     from shared.schemas.cluster import WorkerHeartbeat
     from shared.transport.bus import Bus
 
-    steps: list[tuple[int, float]] = []
-    gaps: list[tuple[int, float]] = []
+    heard = HeardSteps()
+    origin_s = time.time()  # set again right before the replay: shot times count from there
 
     async def on_heartbeat(hb: WorkerHeartbeat, headers: dict[str, str]) -> None:
-        steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
-        gaps.extend((s.num_requests, s.gap_before_s) for s in hb.step_samples if s.gap_before_s is not None)
+        heard.steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
+        heard.gaps.extend((s.num_requests, s.gap_before_s) for s in hb.step_samples if s.gap_before_s is not None)
+        heard.times.extend((round(t, 4), s.tokens, s.latency_s)
+                           for t, s in zip(step_starts(hb, origin_s), hb.step_samples))
 
     bus = await Bus.connect(nats_url, "experiment")
     sub = await bus.subscribe(subjects.worker_heartbeat(), WorkerHeartbeat, on_heartbeat)
     try:
+        origin_s = time.time()
         outcomes, wall = await replay(url, shots, timeout_s)
     finally:
         await sub.unsubscribe()
         await bus.close()
-    return outcomes, wall, steps, gaps
+    return outcomes, wall, heard
 
 
 async def warm_up(url: str, shots: list[Shot], concurrency: int, duration_s: float,
@@ -133,7 +159,7 @@ def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[S
         warm = asyncio.run(warm_up(cluster.url, warmup, workers, warmup_s, timeout_s))
         marks.append(time.perf_counter())
         before = cpu_by_group(cluster)
-        outcomes, wall, steps, gaps = asyncio.run(replay_with_steps(cluster.url, cluster.nats_url,
+        outcomes, wall, heard = asyncio.run(replay_with_steps(cluster.url, cluster.nats_url,
                                                               [r.shot for r in workload], timeout_s))
         after = cpu_by_group(cluster)
         marks.append(time.perf_counter())
@@ -141,4 +167,5 @@ def run_live(run_dir: Path, policy: str, workload: list[Request], warmup: list[S
         cluster.stop()
     marks.append(time.perf_counter())
     phases = {k: round(b - a, 3) for k, a, b in zip(("start", "warmup", "replay", "stop"), marks, marks[1:])}
-    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases, steps, gaps)
+    return LiveRun(outcomes, warm, wall, {k: after[k] - before[k] for k in after}, str(run_dir), phases,
+                   heard.steps, heard.gaps, heard.times)

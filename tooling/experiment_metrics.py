@@ -207,6 +207,7 @@ def median_part(runs: list[dict], key: str) -> float:
 STEP_BIN = 1.1  # token counts within this factor of each other are "the same step" for the spread
 STEPS = "steps.json"  # in each run's folder: [tokens, latency s] of every step the heartbeats reported
 GAPS = "gaps.json"  # in each run's folder: [requests, step-loop s outside the forward] of those steps
+STEP_TIMES = "step_times.json"  # in each run's folder: [start s after the replay began, tokens, latency s]
 
 
 def steps_vs_profile(samples: list[tuple[int, float]], profile_latency_s: Callable[[int], float]) -> float | None:

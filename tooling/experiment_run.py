@@ -12,10 +12,10 @@ from typing import Callable
 from shared.policy.threshold import DEFAULT_CANDIDATES
 from shared.profiles import SHIPPED_MODEL_DIR, profile_path
 from shared.sim.effects import ClusterEffects
-from tooling.experiment_calibrate import (calibrate, run_factors, run_gaps, size_factors, slowdowns,
+from tooling.experiment_calibrate import (calibrate, run_factors, run_gaps, run_spells, size_factors, slowdowns,
                                          speed_warning, step_factors)
-from tooling.experiment_metrics import (GAPS, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request, speeds_by_task,
-                                        step_overhead_s, step_spread, summarize_run, tokens_per_step)
+from tooling.experiment_metrics import (GAPS, STEP_TIMES, STEPS, accuracy_by_tau, loop_overhead, speeds_by_request,
+                                        speeds_by_task, step_overhead_s, step_spread, summarize_run, tokens_per_step)
 from tooling.experiment_sim import SimSetup
 from tooling.experiment_workload import Request, WorkloadSpec, build_workload, warmup_shots
 from tooling.loadgen import SERVED, Outcome, overhead_parts
@@ -109,6 +109,7 @@ def run_live_sweep(spec: ExperimentSpec, workloads: dict[float, list[Request]], 
         save_outcomes(run_dir, live.outcomes)
         (run_dir / STEPS).write_text(json.dumps(live.steps))
         (run_dir / GAPS).write_text(json.dumps(live.gaps))
+        (run_dir / STEP_TIMES).write_text(json.dumps(live.step_times))
         pairs += [(key, w, o) for w, o in zip(workloads[key.rps], live.outcomes)]
         log(progress_line(i, len(order), rec, time.perf_counter() - t0))
     return runs, pairs
@@ -171,11 +172,14 @@ def run_sim(spec: ExperimentSpec, workloads: dict[float, list[Request]], runs: l
     slowdowns(spec.rates, spec.policies, workloads, runs, pairs, setup, effects)
     scale, effects, source = speed_of_steps(spec, workloads, runs, pairs, setup, effects)
     machine = run_factors(runs, setup) if source == "step_samples" else None  # before the profile is scaled
+    spells = {(r["rps"], r["policy"], r["repeat"]): run_spells(r.get("run_dir"), setup, effects[r["rps"]])
+              for r in runs} if machine else {}
     # The live cost model has refit to this machine's steps during the warm-up: the simulated policy
     # starts from the scaled profile too, which is also the simulated truth.
     setup = replace(setup, cost=scaled(setup.cost, scale or 1.0))
     sim = {(rps, p): simulate_repeats(p, [r.sim for r in workloads[rps]], setup, effects[rps],
-                                      spec.workload.duration_s, _run_scales(machine, rps, p, scale))
+                                      spec.workload.duration_s, _run_scales(machine, rps, p, scale),
+                                      [v for (r, q, _), v in sorted(spells.items()) if (r, q) == (rps, p)])
            for rps in spec.rates for p in spec.policies}
     measured = {"tokens_per_step": tps, "speed_by_task": speed_summary(speeds),
                 "requests_with_own_speed": len(own), "quality_source": quality_src,

@@ -145,15 +145,20 @@ def summary(res: SimResult, duration_s: float) -> dict:
 
 
 def simulate_repeats(policy: str, requests: list[SimRequest], setup: SimSetup, effects: ClusterEffects,
-                     duration_s: float, step_scales: list[float]) -> dict:
+                     duration_s: float, step_scales: list[float],
+                     spells: list[tuple[tuple[float, float], ...]] | None = None) -> dict:
     """One point simulated once, or with ``step_scales`` once per live repeat at that run's own machine
-    speed: the mean of their summaries, with each repeat's attainment under ``repeats``."""
+    speed, and with ``spells`` (one per repeat, or none) its speed over time: the mean of their
+    summaries, with each repeat's attainment under ``repeats``."""
     if not step_scales:
         return summary(simulate_point(policy, requests, setup, effects), duration_s)
-    runs = [summary(simulate_point(policy, requests, setup, replace(effects, step_scale=s)), duration_s)
-            for s in step_scales]
+    spells = spells if spells and len(spells) == len(step_scales) else [()] * len(step_scales)
+    runs = [summary(simulate_point(policy, requests, setup,
+                                   replace(effects, step_scale=s, step_scale_over_time=t)), duration_s)
+            for s, t in zip(step_scales, spells)]
     out = {k: _mean([r[k] for r in runs]) for k in runs[0]}
-    out["repeats"] = [{"step_scale": s, "slo_attainment": r["slo_attainment"]} for s, r in zip(step_scales, runs)]
+    out["repeats"] = [{"step_scale": s, "slo_attainment": r["slo_attainment"], "spells": [list(k) for k in t]}
+                      for s, t, r in zip(step_scales, spells, runs)]
     return out
 
 

@@ -104,6 +104,8 @@ def add_effect_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker time per step outside the forward: this much more per request in the step")
     g.add_argument("--step-scale-by-tokens", default="", metavar="T:F,...",
                    help="steps of T tokens take F × more (interpolated in log tokens), e.g. 16:1.05,512:1.2")
+    g.add_argument("--step-scale-over-time", default="", metavar="S:F,...",
+                   help="steps that start from S s on take F × more (until the next S), e.g. 0:1,5.5:1.3,8:1")
     g.add_argument("--step-cv", type=float, default=0.0,
                    help="steps of one size vary: a lognormal factor of mean 1 with this coefficient of variation")
 
@@ -113,17 +115,18 @@ def effects_from_args(args: argparse.Namespace) -> ClusterEffects:
         return ClusterEffects(args.arrival_delay, args.dispatch_delay, args.result_delay, args.heartbeat,
                               args.tick, args.cpu_cores, args.service_cores, args.cost_quantile, args.step_scale,
                               args.step_overhead, args.step_cv, args.step_overhead_per_request,
-                              _knots(args.step_scale_by_tokens))
+                              _knots(args.step_scale_by_tokens, "--step-scale-by-tokens", "TOKENS", "16:1.05,512:1.2"),
+                              _knots(args.step_scale_over_time, "--step-scale-over-time", "S", "0:1,5.5:1.3,8:1"))
     except ValueError as exc:
         raise SystemExit(f"simulate: {exc}") from None
 
 
-def _knots(spec: str) -> tuple[tuple[float, float], ...]:
+def _knots(spec: str, flag: str, what: str, example: str) -> tuple[tuple[float, float], ...]:
     """``"16:1.05,512:1.2"`` → ((16.0, 1.05), (512.0, 1.2))."""
     try:
         return tuple((float(t), float(f)) for t, f in (part.split(":") for part in spec.split(",") if part.strip()))
     except ValueError:
-        raise SystemExit(f"--step-scale-by-tokens: want TOKENS:FACTOR,... like 16:1.05,512:1.2, got {spec!r}") from None
+        raise SystemExit(f"{flag}: want {what}:FACTOR,... like {example}, got {spec!r}") from None
 
 
 def build_spec(args: argparse.Namespace):

@@ -8,6 +8,7 @@ that costs nothing, 1-s heartbeats and load control), which keeps runs without t
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -44,6 +45,10 @@ class ClusterEffects:
     # ran it under the load: big steps slowed more than small ones by the services' CPU, or a profile
     # measured on another machine
     step_scale_by_tokens: tuple[tuple[float, float], ...] = ()
+    # (from s, factor) knots, times ascending: a step that starts at or after ``from`` (and before the
+    # next knot) takes that factor more, before the first knot none. The machine's speed over one run as
+    # measured (a shared VM has slow spells of seconds, which queue requests at the edge of capacity)
+    step_scale_over_time: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("arrival_delay_s", "dispatch_delay_s", "result_delay_s", "cpu_cores", "service_cores",
@@ -55,6 +60,9 @@ class ClusterEffects:
         knots = self.step_scale_by_tokens
         if any(t <= 0 or f <= 0 for t, f in knots) or any(a[0] >= b[0] for a, b in zip(knots, knots[1:])):
             raise ValueError(f"step_scale_by_tokens wants (tokens, factor) > 0 with tokens ascending, got {knots}")
+        spells = self.step_scale_over_time
+        if any(f <= 0 for _, f in spells) or any(a[0] >= b[0] for a, b in zip(spells, spells[1:])):
+            raise ValueError(f"step_scale_over_time wants (from s, factor > 0) with times ascending, got {spells}")
         if not 0.0 <= self.cost_quantile < 1.0:
             raise ValueError(f"cost_quantile must be in [0, 1), got {self.cost_quantile}")
 
@@ -74,6 +82,11 @@ class ClusterEffects:
                 w = math.log(tokens / t0) / math.log(t1 / t0)
                 return f0 + w * (f1 - f0)
         return knots[-1][1]
+
+    def time_scale(self, now_s: float) -> float:
+        """The factor ``step_scale_over_time`` puts on a step that starts at ``now_s``."""
+        i = bisect.bisect_right(self.step_scale_over_time, now_s, key=lambda k: k[0])
+        return self.step_scale_over_time[i - 1][1] if i else 1.0
 
     def step_loop_s(self, num_requests: int) -> float:
         """The worker's time around one step of ``num_requests`` requests, outside its forward."""

@@ -236,7 +236,7 @@ class Simulator:
         if inst.busy or not inst.members:
             return
         scale = self.effects.latency_scale(1 + sum(1 for i in self.insts if i.busy))
-        scale *= self.effects.size_scale(inst.step_tokens())
+        scale *= self.effects.size_scale(inst.step_tokens()) * self.effects.time_scale(now)
         if self.effects.step_cv > 0:
             scale *= self.effects.step_factor(self._jitter)
         lat = inst.start_step(now, self.core.cost, self.truth, self.core.predictor, self.core.params.threshold,
