@@ -474,6 +474,9 @@ def test_live_smoke_run_reports_live_and_simulated_attainment(tmp_path: Path):
         sp = run["step_spread"]
         assert sp["n"] > 5 and sp["p10"] <= sp["p50"] <= sp["p90"] and sp["cv"] >= 0, sp
         assert len(json.loads((Path(run["run_dir"]) / "steps.json").read_text())) >= sp["n"]
+        times = json.loads((Path(run["run_dir"]) / "step_times.json").read_text())  # the same steps, timed
+        assert len(times) == len(json.loads((Path(run["run_dir"]) / "steps.json").read_text()))
+        assert times and all(-5.0 < t < 60.0 for t, _, _ in times)  # seconds from the replay's start
         assert 0.2 < run["steps_vs_profile"] < 20  # this machine against the committed profile, per step
         assert run["live"]["send_lag_ms"]["p50"] is not None and run["live"]["send_lag_ms"]["p50"] >= 0
         gaps = json.loads((Path(run["run_dir"]) / "gaps.json").read_text())  # the step loop, timed by the workers

@@ -8,11 +8,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.common.processes import free_port
 from tooling.experiment_workload import Request
 from tooling.local_cluster import LocalCluster
 from tooling.loadgen import Outcome, Shot, fire
+
+if TYPE_CHECKING:
+    from shared.schemas.cluster import WorkerHeartbeat
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -79,7 +83,7 @@ async def replay(url: str, shots: list[Shot], timeout_s: float) -> tuple[list[Ou
         return list(outcomes), time.perf_counter() - start
 
 
-def step_starts(hb, origin_s: float) -> list[float]:
+def step_starts(hb: WorkerHeartbeat, origin_s: float) -> list[float]:
     """When each step of a heartbeat began, in s after ``origin_s`` (wall clock; the workers run on this
     machine): walked back from the heartbeat's send time through each step's latency and the step loop's
     time before it. The last step is taken to end at the send, and an idle wait (no gap) as no time, so
@@ -95,9 +99,12 @@ def step_starts(hb, origin_s: float) -> list[float]:
 @dataclass
 class HeardSteps:
     """What the workers' heartbeats reported during a replay."""
-    steps: list[tuple[int, float]] = field(default_factory=list)
     gaps: list[tuple[int, float]] = field(default_factory=list)
     times: list[tuple[float, int, float]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[tuple[int, float]]:
+        return [(n, lat) for _, n, lat in self.times]
 
 
 async def replay_with_steps(url: str, nats_url: str, shots: list[Shot],
@@ -112,7 +119,6 @@ async def replay_with_steps(url: str, nats_url: str, shots: list[Shot],
     origin_s = time.time()  # set again right before the replay: shot times count from there
 
     async def on_heartbeat(hb: WorkerHeartbeat, headers: dict[str, str]) -> None:
-        heard.steps.extend((s.tokens, s.latency_s) for s in hb.step_samples)
         heard.gaps.extend((s.num_requests, s.gap_before_s) for s in hb.step_samples if s.gap_before_s is not None)
         heard.times.extend((round(t, 4), s.tokens, s.latency_s)
                            for t, s in zip(step_starts(hb, origin_s), hb.step_samples))

@@ -152,10 +152,10 @@ def simulate_repeats(policy: str, requests: list[SimRequest], setup: SimSetup, e
     summaries, with each repeat's attainment under ``repeats``."""
     if not step_scales:
         return summary(simulate_point(policy, requests, setup, effects), duration_s)
-    spells = spells if spells and len(spells) == len(step_scales) else [()] * len(step_scales)
+    spells = spells or [()] * len(step_scales)
     runs = [summary(simulate_point(policy, requests, setup,
                                    replace(effects, step_scale=s, step_scale_over_time=t)), duration_s)
-            for s, t in zip(step_scales, spells)]
+            for s, t in zip(step_scales, spells, strict=True)]
     out = {k: _mean([r[k] for r in runs]) for k in runs[0]}
     out["repeats"] = [{"step_scale": s, "slo_attainment": r["slo_attainment"], "spells": [list(k) for k in t]}
                       for s, t, r in zip(step_scales, spells, runs)]
